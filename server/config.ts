@@ -1,0 +1,100 @@
+import { z } from 'zod';
+
+const optionalString = z
+  .string()
+  .trim()
+  .transform((value) => value || undefined)
+  .optional();
+
+const httpUrl = z
+  .url({ protocol: /^https?$/, error: 'must be an http(s) URL' })
+  .transform((value) => value.replace(/\/+$/, ''));
+
+const envSchema = z.object({
+  NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  DATABASE_URL: optionalString.pipe(
+    z
+      .url({ protocol: /^postgres(ql)?$/, error: 'must be a postgres:// or postgresql:// URL' })
+      .optional(),
+  ),
+  PGLITE_DATA_DIR: optionalString.default('.data/pglite'),
+  LOCAL_IDENTITY_KEY_FILE: optionalString.default('.data/local-identity/signing-key.json'),
+  FRONTEGG_BASE_URL: optionalString.pipe(httpUrl.optional()),
+  FRONTEGG_ISSUER: optionalString,
+  FRONTEGG_JWKS_URL: optionalString.pipe(httpUrl.optional()),
+  FRONTEGG_AUDIENCE: optionalString.transform((value) =>
+    value
+      ?.split(',')
+      .map((entry) => entry.trim())
+      .filter(Boolean),
+  ),
+  PORT: optionalString.default('3000').pipe(
+    z.coerce
+      .number<string>({ error: 'must be a port number (0-65535)' })
+      .int({ error: 'must be a port number (0-65535)' })
+      .min(0, { error: 'must be a port number (0-65535)' })
+      .max(65_535, { error: 'must be a port number (0-65535)' }),
+  ),
+  HOST: optionalString.default('127.0.0.1'),
+});
+
+export type IdentityConfig =
+  | { mode: 'frontegg'; issuer: string; jwksUrl: string; audience: string[] | undefined }
+  | { mode: 'local'; keyFile: string };
+
+export interface Config {
+  nodeEnv: 'development' | 'production' | 'test';
+  logLevel: z.infer<typeof envSchema>['LOG_LEVEL'];
+  database: { kind: 'postgres'; url: string } | { kind: 'pglite'; dataDir: string };
+  identity: IdentityConfig;
+  port: number;
+  host: string;
+}
+
+/** Raised for a bad environment; its message is one line naming the variable. */
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const parsed = envSchema.safeParse(env);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const variable = issue?.path.join('.') || 'environment';
+    throw new ConfigError(`Invalid configuration: ${variable} ${issue?.message ?? 'is invalid'}`);
+  }
+  const vars = parsed.data;
+  return {
+    nodeEnv: vars.NODE_ENV,
+    logLevel: vars.LOG_LEVEL,
+    database: vars.DATABASE_URL
+      ? { kind: 'postgres', url: vars.DATABASE_URL }
+      : { kind: 'pglite', dataDir: vars.PGLITE_DATA_DIR },
+    identity: identityConfig(vars),
+    port: vars.PORT,
+    host: vars.HOST,
+  };
+}
+
+function identityConfig(vars: z.infer<typeof envSchema>): IdentityConfig {
+  const issuer = vars.FRONTEGG_ISSUER ?? vars.FRONTEGG_BASE_URL;
+  const jwksUrl =
+    vars.FRONTEGG_JWKS_URL ??
+    (vars.FRONTEGG_BASE_URL ? `${vars.FRONTEGG_BASE_URL}/.well-known/jwks.json` : undefined);
+  if (issuer && jwksUrl) {
+    return { mode: 'frontegg', issuer, jwksUrl, audience: vars.FRONTEGG_AUDIENCE };
+  }
+  const partial = vars.FRONTEGG_ISSUER ?? vars.FRONTEGG_JWKS_URL ?? vars.FRONTEGG_AUDIENCE;
+  if (partial) {
+    throw new ConfigError(
+      'Invalid configuration: FRONTEGG_BASE_URL is required (or both FRONTEGG_ISSUER and FRONTEGG_JWKS_URL)',
+    );
+  }
+  if (vars.NODE_ENV === 'production') {
+    throw new ConfigError(
+      'Invalid configuration: FRONTEGG_BASE_URL is required when NODE_ENV=production (local identity mode is for development only)',
+    );
+  }
+  return { mode: 'local', keyFile: vars.LOCAL_IDENTITY_KEY_FILE };
+}

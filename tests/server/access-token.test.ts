@@ -1,0 +1,228 @@
+import { randomUUID } from 'node:crypto';
+import { TRPCError } from '@trpc/server';
+import { eq } from 'drizzle-orm';
+import { type CryptoKey, SignJWT, base64url, exportSPKI, importJWK } from 'jose';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { organizations, users } from '../../db/schema.js';
+import { createAccessTokenVerifier, createFronteggKeySet } from '../../server/auth/access-token.js';
+import { authenticate } from '../../server/context.js';
+import { createSigningKey } from '../support/identity-provider.js';
+import { type TestApp, startTestApp } from '../support/test-app.js';
+
+let app: TestApp;
+beforeAll(async () => {
+  app = await startTestApp();
+});
+afterAll(() => app.close());
+
+function unsignedToken(header: object, payload: object, signature = '') {
+  const encode = (part: object) => base64url.encode(JSON.stringify(part));
+  return `${encode(header)}.${encode(payload)}.${signature}`;
+}
+
+function validPayload(overrides: Record<string, unknown> = {}) {
+  const now = Math.floor(Date.now() / 1000);
+  return {
+    sub: randomUUID(),
+    tenantId: randomUUID(),
+    type: 'userToken',
+    iss: app.idp.issuer,
+    aud: app.idp.audience,
+    iat: now,
+    exp: now + 300,
+    ...overrides,
+  };
+}
+
+/** Authenticates `authorization`, expects a refusal, and checks that nothing was written. */
+async function expectRefused(authorization: string | undefined, tenantId?: string) {
+  const auth = await authenticate(app.deps, authorization);
+  if (auth.status === 'signed-in') throw new Error('expected the request to be refused');
+  if (tenantId) {
+    expect(await app.db.select().from(organizations).where(eq(organizations.id, tenantId))).toEqual([]);
+  }
+  return auth.error;
+}
+
+async function expectUnauthorized(authorization: string | undefined, tenantId?: string) {
+  const error = await expectRefused(authorization, tenantId);
+  expect(error).toBeInstanceOf(TRPCError);
+  expect(error.code).toBe('UNAUTHORIZED');
+  return error;
+}
+
+describe('a valid Frontegg user token', () => {
+  it('signs the caller in and provisions them', async () => {
+    const tenantId = randomUUID();
+    const token = await app.idp.mintToken({ claims: { tenantId } });
+    const auth = await authenticate(app.deps, `Bearer ${token}`);
+    expect(auth.status).toBe('signed-in');
+    expect(await app.db.select().from(organizations).where(eq(organizations.id, tenantId))).toHaveLength(1);
+  });
+
+  it('is accepted with only the claims that are always present', async () => {
+    const token = await app.idp.mintToken({
+      claims: {
+        name: undefined,
+        email: undefined,
+        email_verified: undefined,
+        roles: undefined,
+        permissions: undefined,
+      },
+    });
+    expect((await authenticate(app.deps, `Bearer ${token}`)).status).toBe('signed-in');
+  });
+
+  it('accepts any listed audience, and a lower-case scheme', async () => {
+    const verifier = createAccessTokenVerifier({
+      keySet: createFronteggKeySet(app.idp.jwksUrl),
+      issuer: app.idp.issuer,
+      audience: ['other-app', app.idp.audience],
+    });
+    const token = await app.idp.mintToken();
+    const auth = await authenticate({ ...app.deps, verifyAccessToken: verifier }, `bearer ${token}`);
+    expect(auth.status).toBe('signed-in');
+  });
+
+  it('is accepted with any audience when none is configured', async () => {
+    const verifier = createAccessTokenVerifier({ keySet: createFronteggKeySet(app.idp.jwksUrl), issuer: app.idp.issuer });
+    const token = await app.idp.mintToken({ claims: { aud: 'some-other-app' } });
+    expect((await verifier(token)).identity.userId).toBeTypeOf('string');
+  });
+
+  it('never writes the token into the logs', async () => {
+    const token = await app.idp.mintToken();
+    await authenticate(app.deps, `Bearer ${token}`);
+    await authenticate(app.deps, `Bearer ${token.slice(0, -4)}AAAA`);
+    const logged = JSON.stringify(app.logs);
+    expect(logged).not.toContain(token.split('.')[1]);
+    expect(logged).not.toContain(token.split('.')[2]);
+  });
+});
+
+describe('refused tokens answer UNAUTHORIZED and write nothing', () => {
+  it('no Authorization header', async () => {
+    const error = await expectUnauthorized(undefined);
+    expect(error.message).toMatch(/Sign-in required/);
+  });
+
+  it.each([
+    ['empty', ''],
+    ['a Basic scheme', 'Basic dXNlcjpwYXNz'],
+    ['Bearer with nothing', 'Bearer '],
+    ['two segments', 'Bearer aaa.bbb'],
+    ['four segments', 'Bearer aaa.bbb.ccc.ddd'],
+    ['not base64url', 'Bearer a$a.b%b.c!c'],
+    ['oversized', `Bearer ${'a'.repeat(9000)}.b.c`],
+  ])('a malformed header: %s', async (_, header) => {
+    const error = await expectUnauthorized(header);
+    expect(error.message).toMatch(/Authorization header/);
+    // The credential is never echoed back.
+    const credential = header.replace(/^\S+ */, '');
+    if (credential) expect(error.message).not.toContain(credential);
+  });
+
+  it('an expired token, saying that it expired', async () => {
+    const tenantId = randomUUID();
+    const now = Math.floor(Date.now() / 1000);
+    const token = await app.idp.mintToken({ claims: { tenantId, iat: now - 600, exp: now - 60 } });
+    const error = await expectUnauthorized(`Bearer ${token}`, tenantId);
+    expect(error.message).toMatch(/expired/);
+    expect((error.cause as { reason?: string }).reason).toBe('expired');
+  });
+
+  it('a tampered payload', async () => {
+    const tenantId = randomUUID();
+    const [header, , signature] = (await app.idp.mintToken()).split('.');
+    const forged = base64url.encode(JSON.stringify(validPayload({ tenantId })));
+    await expectUnauthorized(`Bearer ${header}.${forged}.${signature}`, tenantId);
+  });
+
+  it('the right kid with a foreign key', async () => {
+    const tenantId = randomUUID();
+    const attacker = await createSigningKey(app.idp.key.kid);
+    const token = await app.idp.mintToken({ claims: { tenantId }, signWith: attacker });
+    await expectUnauthorized(`Bearer ${token}`, tenantId);
+  });
+
+  it('an unknown kid', async () => {
+    const tenantId = randomUUID();
+    const attacker = await createSigningKey();
+    const token = await app.idp.mintToken({ claims: { tenantId }, signWith: attacker, kid: attacker.kid });
+    const error = await expectUnauthorized(`Bearer ${token}`, tenantId);
+    expect(error.message).toMatch(/unknown key/);
+  });
+
+  it('alg "none"', async () => {
+    const tenantId = randomUUID();
+    await expectUnauthorized(`Bearer ${unsignedToken({ alg: 'none' }, validPayload({ tenantId }))}`, tenantId);
+    await expectUnauthorized(`Bearer ${unsignedToken({ alg: 'none' }, validPayload({ tenantId }), 'c2ln')}`, tenantId);
+  });
+
+  it('HS256 signed with the published RSA public key (key confusion)', async () => {
+    const tenantId = randomUUID();
+    const pem = await exportSPKI((await importJWK(app.idp.key.publicJwk, 'RS256', { extractable: true })) as CryptoKey);
+    const token = await new SignJWT(validPayload({ tenantId }))
+      .setProtectedHeader({ alg: 'HS256', kid: app.idp.key.kid })
+      .sign(new TextEncoder().encode(pem));
+    await expectUnauthorized(`Bearer ${token}`, tenantId);
+  });
+
+  it('an embedded jwk header pointing at an attacker key', async () => {
+    const tenantId = randomUUID();
+    const attacker = await createSigningKey();
+    const token = await app.idp.mintToken({
+      claims: { tenantId },
+      signWith: attacker,
+      kid: attacker.kid,
+      header: { jwk: attacker.publicJwk },
+    });
+    await expectUnauthorized(`Bearer ${token}`, tenantId);
+  });
+
+  it.each([
+    ['a wrong issuer', { iss: 'https://evil.example' }],
+    ['a wrong audience', { aud: 'another-application' }],
+    ['no exp', { exp: undefined }],
+    ['no sub', { sub: undefined }],
+    ['no tenantId', { tenantId: undefined }],
+    ['an empty tenantId', { tenantId: '' }],
+    ['nbf in the future', { nbf: Math.floor(Date.now() / 1000) + 3600 }],
+    ['a non-string email', { email: 42 }],
+  ])('%s', async (_, claims) => {
+    const tenantId = randomUUID();
+    const token = await app.idp.mintToken({ claims: { tenantId, ...claims } });
+    await expectUnauthorized(`Bearer ${token}`, 'tenantId' in claims ? undefined : tenantId);
+  });
+
+  it.each(['userApiToken', 'tenantApiToken', 'userAccessToken', 'tenantAccessToken'])(
+    'a %s, with a message that says only user tokens are accepted',
+    async (type) => {
+      const tenantId = randomUUID();
+      const token = await app.idp.mintToken({ claims: { tenantId, type } });
+      const error = await expectUnauthorized(`Bearer ${token}`, tenantId);
+      expect(error.message).toMatch(/Only user tokens/);
+    },
+  );
+
+  it('a token with no type at all', async () => {
+    const sub = randomUUID();
+    const token = await app.idp.mintToken({ claims: { sub, type: undefined } });
+    await expectUnauthorized(`Bearer ${token}`);
+    expect(await app.db.select().from(users).where(eq(users.id, sub))).toEqual([]);
+  });
+});
+
+describe('an unreachable key set', () => {
+  it('answers SERVICE_UNAVAILABLE, not UNAUTHORIZED: the fault is ours', async () => {
+    const verifier = createAccessTokenVerifier({
+      // Nothing listens on port 9 of loopback.
+      keySet: createFronteggKeySet('http://127.0.0.1:9/.well-known/jwks.json'),
+      issuer: app.idp.issuer,
+      audience: [app.idp.audience],
+    });
+    const token = await app.idp.mintToken();
+    const auth = await authenticate({ ...app.deps, verifyAccessToken: verifier }, `Bearer ${token}`);
+    expect(auth.status === 'signed-out' && auth.error.code).toBe('SERVICE_UNAVAILABLE');
+  });
+});

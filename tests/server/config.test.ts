@@ -1,0 +1,55 @@
+import { describe, expect, it } from 'vitest';
+import { loadConfig } from '../../server/config.js';
+
+describe('loadConfig', () => {
+  it('defaults to the embedded database and local identity mode', () => {
+    expect(loadConfig({})).toEqual({
+      nodeEnv: 'development',
+      logLevel: 'info',
+      database: { kind: 'pglite', dataDir: '.data/pglite' },
+      identity: { mode: 'local', keyFile: '.data/local-identity/signing-key.json' },
+      port: 3000,
+      host: '127.0.0.1',
+    });
+  });
+
+  it('derives issuer and key set from FRONTEGG_BASE_URL, and splits the audience list', () => {
+    const config = loadConfig({
+      FRONTEGG_BASE_URL: 'https://app-abc.frontegg.com/',
+      FRONTEGG_AUDIENCE: 'client-a, client-b',
+      DATABASE_URL: 'postgres://app@db.internal:5432/chat',
+      PORT: '8080',
+      HOST: '0.0.0.0',
+    });
+    expect(config.identity).toEqual({
+      mode: 'frontegg',
+      issuer: 'https://app-abc.frontegg.com',
+      jwksUrl: 'https://app-abc.frontegg.com/.well-known/jwks.json',
+      audience: ['client-a', 'client-b'],
+    });
+    expect(config.database).toEqual({ kind: 'postgres', url: 'postgres://app@db.internal:5432/chat' });
+    expect([config.port, config.host]).toEqual([8080, '0.0.0.0']);
+  });
+
+  it('takes FRONTEGG_ISSUER and FRONTEGG_JWKS_URL as overrides', () => {
+    const config = loadConfig({
+      FRONTEGG_BASE_URL: 'https://app-abc.frontegg.com',
+      FRONTEGG_ISSUER: 'https://auth.example.com',
+      FRONTEGG_JWKS_URL: 'https://keys.example.com/jwks.json',
+      NODE_ENV: 'production',
+    });
+    expect(config.identity).toMatchObject({ issuer: 'https://auth.example.com', jwksUrl: 'https://keys.example.com/jwks.json' });
+  });
+
+  it.each([
+    [{ PORT: '70000' }, 'Invalid configuration: PORT must be a port number (0-65535)'],
+    [{ DATABASE_URL: 'mysql://db/chat' }, 'Invalid configuration: DATABASE_URL must be a postgres:// or postgresql:// URL'],
+    [{ FRONTEGG_BASE_URL: 'app-abc.frontegg.com' }, 'Invalid configuration: FRONTEGG_BASE_URL must be an http(s) URL'],
+    [{ FRONTEGG_JWKS_URL: 'https://keys.example.com/jwks.json' }, /FRONTEGG_BASE_URL is required \(or both/],
+    [{ FRONTEGG_AUDIENCE: 'client-a' }, /FRONTEGG_BASE_URL is required \(or both/],
+    [{ NODE_ENV: 'production' }, /FRONTEGG_BASE_URL is required when NODE_ENV=production/],
+    [{ LOG_LEVEL: 'loud' }, /^Invalid configuration: LOG_LEVEL /],
+  ])('refuses %j with one line naming the variable', (env, message) => {
+    expect(() => loadConfig(env)).toThrow(message);
+  });
+});

@@ -1,0 +1,164 @@
+import { randomUUID } from 'node:crypto';
+import { TRPCClientError } from '@trpc/client';
+import { sql } from 'drizzle-orm';
+import { afterAll, beforeAll, describe, expect, expectTypeOf, it } from 'vitest';
+import { type AppRouter, type RouterOutputs, createApiClient } from '../../client/index.js';
+import { openDatabase } from '../../db/database.js';
+import { type TestApp, startHttpServer, startTestApp } from '../support/test-app.js';
+
+let app: TestApp;
+let http: Awaited<ReturnType<typeof startHttpServer>>;
+beforeAll(async () => {
+  app = await startTestApp();
+  http = await startHttpServer(app);
+});
+afterAll(async () => {
+  await http.close();
+  await app.close();
+});
+
+async function clientError(promise: Promise<unknown>) {
+  const error = await promise.then(
+    () => null,
+    (e: unknown) => e,
+  );
+  expect(error).toBeInstanceOf(TRPCClientError);
+  return error as TRPCClientError<AppRouter>;
+}
+
+describe('health endpoints', () => {
+  it('/healthz answers 200 while the process runs', async () => {
+    const response = await fetch(`${http.url}/healthz`);
+    expect(response.status).toBe(200);
+    expect(await response.json()).toEqual({ status: 'ok' });
+  });
+
+  it('/readyz answers 200 when the database answers', async () => {
+    expect((await fetch(`${http.url}/readyz`)).status).toBe(200);
+  });
+
+  it('/readyz answers 503 when the database does not, while /healthz stays 200', async () => {
+    // A PostgreSQL that is not there: nothing listens on port 9 of loopback.
+    const unreachable = openDatabase({ kind: 'postgres', url: 'postgres://postgres@127.0.0.1:9/none' });
+    const down = await startHttpServer(app, unreachable.ping);
+    try {
+      const response = await fetch(`${down.url}/readyz`);
+      expect(response.status).toBe(503);
+      expect(await response.json()).toEqual({ status: 'unavailable', reason: 'database' });
+      expect((await fetch(`${down.url}/healthz`)).status).toBe(200);
+    } finally {
+      await down.close();
+      await unreachable.close();
+    }
+  });
+
+  it('answers 404 elsewhere', async () => {
+    expect((await fetch(`${http.url}/nope`)).status).toBe(404);
+  });
+});
+
+describe('the typed client over HTTP', () => {
+  it('gets `me`, with dates as Date objects', async () => {
+    const tenantId = randomUUID();
+    const token = await app.idp.mintToken({ claims: { tenantId, name: 'Grace Hopper' } });
+    const me = await http.clientFor(token).me.query();
+    expect(me.organization).toMatchObject({ id: tenantId, name: 'Grace Hopper' });
+    expect(me.user.createdAt).toBeInstanceOf(Date);
+    expect(me.user.lastLogin).toBeInstanceOf(Date);
+    expectTypeOf(me).toEqualTypeOf<RouterOutputs['me']>();
+    expectTypeOf(me.role).toEqualTypeOf<'admin' | 'member' | 'viewer'>();
+  });
+
+  it('sends a batch as one request, provisioned once', async () => {
+    const tenantId = randomUUID();
+    const token = await app.idp.mintToken({ claims: { tenantId } });
+    let requests = 0;
+    const client = createApiClient({
+      url: `${http.url}/trpc`,
+      getToken: () => token,
+      fetch: (input, init) => {
+        requests += 1;
+        return fetch(input, init);
+      },
+    });
+    const [a, b, members] = await Promise.all([client.me.query(), client.me.query(), client.org.members.query()]);
+    expect(requests).toBe(1);
+    expect(a.user.id).toBe(b.user.id);
+    expect(members.items).toHaveLength(1);
+    const created = app.logs.filter((line) => line.organizationId === tenantId && line.msg === 'Created organization');
+    expect(created).toHaveLength(1);
+  });
+
+  it('asks for the token on every request, so a refreshed token is used', async () => {
+    const [tenantA, tenantB] = [randomUUID(), randomUUID()];
+    let token = await app.idp.mintToken({ claims: { tenantId: tenantA } });
+    const client = createApiClient({ url: `${http.url}/trpc`, getToken: async () => token });
+    expect((await client.me.query()).organization.id).toBe(tenantA);
+    token = await app.idp.mintToken({ claims: { tenantId: tenantB } });
+    expect((await client.me.query()).organization.id).toBe(tenantB);
+  });
+
+  it('answers 401 UNAUTHORIZED without a token', async () => {
+    const error = await clientError(http.clientFor(undefined).me.query());
+    expect(error.data).toMatchObject({ code: 'UNAUTHORIZED', httpStatus: 401, authReason: 'missing' });
+  });
+
+  it('tells a frontend that its token expired, so it knows to refresh', async () => {
+    const now = Math.floor(Date.now() / 1000);
+    const token = await app.idp.mintToken({ claims: { iat: now - 600, exp: now - 60 } });
+    const error = await clientError(http.clientFor(token).me.query());
+    expect(error.message).toMatch(/expired/);
+    expect(error.data).toMatchObject({ code: 'UNAUTHORIZED', httpStatus: 401, authReason: 'expired' });
+  });
+
+  it('answers 403 FORBIDDEN to a non-admin listing members', async () => {
+    const token = await app.idp.mintToken({ claims: { roles: ['ReadOnly'] } });
+    const error = await clientError(http.clientFor(token).org.members.query());
+    expect(error.data).toMatchObject({ code: 'FORBIDDEN', httpStatus: 403 });
+  });
+
+  it('answers 400 BAD_REQUEST with validation details for bad input', async () => {
+    const token = await app.idp.mintToken();
+    const error = await clientError(http.clientFor(token).org.members.query({ limit: 1000 }));
+    expect(error.data).toMatchObject({ code: 'BAD_REQUEST', httpStatus: 400 });
+    expect(error.data?.validation?.fieldErrors).toHaveProperty('limit');
+  });
+});
+
+describe('error responses', () => {
+  it('carry a request id and never a stack trace or the token', async () => {
+    const token = await app.idp.mintToken({ claims: { iss: 'https://evil.example' } });
+    const response = await fetch(`${http.url}/trpc/me`, { headers: { authorization: `Bearer ${token}` } });
+    expect(response.status).toBe(401);
+    expect(response.headers.get('x-request-id')).toMatch(/^[\w-]+$/);
+    const body = await response.text();
+    expect(body).not.toMatch(/stack|at .*\.ts:\d+/);
+    expect(body).not.toContain(token);
+  });
+
+  it('hide database errors behind a generic message', async () => {
+    const sub = randomUUID();
+    await app.db.execute(
+      sql.raw(`create or replace function refuse_user() returns trigger language plpgsql as $$
+        begin
+          if new.id = '${sub}' then raise exception 'relation secret_table violates something'; end if;
+          return new;
+        end $$`),
+    );
+    await app.db.execute(sql.raw('create trigger refuse_user before insert on users for each row execute function refuse_user()'));
+    try {
+      const token = await app.idp.mintToken({ claims: { sub } });
+      const response = await fetch(`${http.url}/trpc/me`, { headers: { authorization: `Bearer ${token}` } });
+      expect(response.status).toBe(500);
+      const body = await response.text();
+      expect(body).toContain('Internal server error');
+      expect(body).not.toMatch(/secret_table|insert into|stack/i);
+      // The operator finds the real cause in the log line of that request.
+      const requestId = response.headers.get('x-request-id');
+      const logged = app.logs.find((line) => line.requestId === requestId && line.msg === 'Request failed');
+      expect(JSON.stringify(logged)).toContain('secret_table');
+    } finally {
+      await app.db.execute(sql.raw('drop trigger refuse_user on users'));
+    }
+  });
+});

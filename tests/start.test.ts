@@ -1,0 +1,117 @@
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createApiClient } from '../client/index.js';
+
+const projectRoot = join(import.meta.dirname, '..');
+let dataDir: string;
+
+beforeAll(async () => {
+  dataDir = await mkdtemp(join(tmpdir(), 'start-test-'));
+});
+afterAll(() => rm(dataDir, { recursive: true, force: true }));
+
+/** A newcomer's environment: no DATABASE_URL, no Frontegg settings, no NODE_ENV. */
+function newcomerEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  for (const name of Object.keys(env)) {
+    if (name === 'DATABASE_URL' || name === 'NODE_ENV' || name.startsWith('FRONTEGG_') || name.startsWith('VITEST')) {
+      delete env[name];
+    }
+  }
+  return {
+    ...env,
+    PORT: '0',
+    PGLITE_DATA_DIR: join(dataDir, 'pglite'),
+    LOCAL_IDENTITY_KEY_FILE: join(dataDir, 'local-identity', 'signing-key.json'),
+    ...extra,
+  };
+}
+
+/** Resolves with the URL from the server's "Listening" log line. */
+async function waitForListening(child: ChildProcess): Promise<string> {
+  for await (const line of createInterface({ input: child.stdout! })) {
+    const entry = line.startsWith('{') ? (JSON.parse(line) as { msg?: string; url?: string }) : {};
+    if (entry.msg === 'Listening' && entry.url) return entry.url;
+  }
+  throw new Error('the server exited before listening');
+}
+
+const run = promisify(execFile);
+
+describe('the README start path', () => {
+  it('`npm start` serves /healthz, and a token from `npm run token` gets a `me` answer', async () => {
+    // Its own process group, so the signal reaches npm and the server as Ctrl-C would.
+    const child = spawn('npm', ['start'], { cwd: projectRoot, env: newcomerEnv(), detached: true });
+    try {
+      const url = await waitForListening(child);
+      expect((await fetch(`${url}/healthz`)).status).toBe(200);
+
+      const { stdout } = await run(
+        'npm',
+        ['run', '-s', 'token', '--', '--email', 'ada@example.com', '--tenant', 'acme', '--role', 'Admin'],
+        { cwd: projectRoot, env: newcomerEnv() },
+      );
+      const token = stdout.trim();
+      const me = await createApiClient({ url: `${url}/trpc`, getToken: () => token }).me.query();
+      expect(me).toMatchObject({ role: 'admin', organization: { id: 'acme' }, user: { email: 'ada@example.com' } });
+    } finally {
+      process.kill(-child.pid!, 'SIGINT');
+      await once(child, 'exit');
+    }
+  });
+
+  it('stops cleanly on SIGTERM: exit code 0', async () => {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'server/main.ts'], { cwd: projectRoot, env: newcomerEnv() });
+    const url = await waitForListening(child);
+    expect((await fetch(`${url}/healthz`)).status).toBe(200);
+    child.kill('SIGTERM');
+    const [code] = await once(child, 'exit');
+    expect(code).toBe(0);
+  });
+});
+
+describe('a bad configuration', () => {
+  async function startExpectingFailure(env: Record<string, string>) {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'server/main.ts'], {
+      cwd: projectRoot,
+      env: newcomerEnv(env),
+    });
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString();
+    });
+    const [code] = await once(child, 'exit');
+    return { code, lines: stderr.trim().split('\n') };
+  }
+
+  it('stops the start with one line naming the variable', async () => {
+    const { code, lines } = await startExpectingFailure({ PORT: 'eighty' });
+    expect(code).toBe(1);
+    expect(lines).toEqual(['Invalid configuration: PORT must be a port number (0-65535)']);
+  });
+
+  it('refuses local identity mode in production', async () => {
+    const { code, lines } = await startExpectingFailure({ NODE_ENV: 'production' });
+    expect(code).toBe(1);
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(/FRONTEGG_BASE_URL is required when NODE_ENV=production/);
+  });
+
+  it('`npm run token` refuses to mint when a Frontegg environment is configured', async () => {
+    const failure = await run('npm', ['run', '-s', 'token', '--', '--email', 'ada@example.com'], {
+      cwd: projectRoot,
+      env: newcomerEnv({ FRONTEGG_BASE_URL: 'https://app-example.frontegg.com' }),
+    }).then(
+      () => null,
+      (error: { code: number; stderr: string }) => error,
+    );
+    expect(failure?.code).toBe(1);
+    expect(failure?.stderr).toMatch(/sign in through Frontegg/);
+  });
+});

@@ -1,0 +1,68 @@
+import { once } from 'node:events';
+import type { AddressInfo } from 'node:net';
+import { pino } from 'pino';
+import { createApiClient } from '../../client/index.js';
+import { createAccessTokenVerifier, createFronteggKeySet } from '../../server/auth/access-token.js';
+import { type ServerDeps, authenticate, createInnerContext } from '../../server/context.js';
+import { createHttpServer } from '../../server/http.js';
+import { createCaller } from '../../server/root.js';
+import { openTestDatabase } from './database.js';
+import { startIdentityProvider } from './identity-provider.js';
+
+/**
+ * The real server parts wired as `npm start` wires them, on the test database, trusting the
+ * test identity provider's key set. Log lines are kept in `logs` for assertions.
+ */
+export async function startTestApp() {
+  const database = await openTestDatabase();
+  const idp = await startIdentityProvider();
+  const logs: Record<string, unknown>[] = [];
+  const log = pino({ level: 'debug' }, { write: (line: string) => void logs.push(JSON.parse(line)) });
+  const deps: ServerDeps = {
+    db: database.db,
+    log,
+    verifyAccessToken: createAccessTokenVerifier({
+      keySet: createFronteggKeySet(idp.jwksUrl),
+      issuer: idp.issuer,
+      audience: [idp.audience],
+    }),
+  };
+
+  /** A `createCaller` caller whose context is built from this token exactly as for an HTTP request. */
+  async function callerFor(token: string | undefined) {
+    const auth = await authenticate(deps, token === undefined ? undefined : `Bearer ${token}`);
+    return createCaller(createInnerContext(deps, auth));
+  }
+
+  return {
+    db: database.db,
+    database,
+    idp,
+    deps,
+    logs,
+    callerFor,
+    async close() {
+      await idp.close();
+      await database.close();
+    },
+  };
+}
+
+export type TestApp = Awaited<ReturnType<typeof startTestApp>>;
+
+/** The HTTP server of `app` on a free loopback port, with the typed client a frontend uses. */
+export async function startHttpServer(app: TestApp, pingDatabase = app.database.ping) {
+  const server = createHttpServer({ ...app.deps, pingDatabase });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return {
+    url,
+    clientFor: (token: string | undefined) => createApiClient({ url: `${url}/trpc`, getToken: () => token }),
+    async close() {
+      server.closeAllConnections();
+      server.close();
+      await once(server, 'close');
+    },
+  };
+}

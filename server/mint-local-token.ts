@@ -22,12 +22,17 @@ try {
       name: { type: 'string' },
       'user-id': { type: 'string' },
       'expires-in': { type: 'string', default: '3600' },
+      help: { type: 'boolean', short: 'h' },
     },
   }).values;
 } catch (error) {
   fail((error as Error).message);
 }
 
+if (args.help) {
+  process.stdout.write(`${usage}\n`);
+  process.exit(0);
+}
 if (!args.email?.includes('@')) fail('--email is required');
 const expiresInSeconds = Number(args['expires-in']);
 if (!Number.isInteger(expiresInSeconds) || expiresInSeconds <= 0) fail('--expires-in must be a positive whole number of seconds');

@@ -1,0 +1,33 @@
+import { randomBytes } from 'node:crypto';
+import postgres from 'postgres';
+import { describe, expect, inject, it } from 'vitest';
+import { openDatabase } from '../../db/database.js';
+
+const runUrl = inject('databaseUrl');
+
+describe('migrations on start', () => {
+  // Several instances share one PostgreSQL; PGlite belongs to a single process.
+  it.skipIf(!runUrl)('are safe when several instances start at once', async () => {
+    const admin = postgres(runUrl!, { max: 1, onnotice: () => {} });
+    const name = `migrate_${randomBytes(6).toString('hex')}`;
+    await admin.unsafe(`create database "${name}"`);
+    const url = new URL(runUrl!);
+    url.pathname = `/${name}`;
+    const instances = Array.from({ length: 4 }, () => openDatabase({ kind: 'postgres', url: url.toString(), maxConnections: 2 }));
+    try {
+      await Promise.all(instances.map((instance) => instance.migrate()));
+      const fresh = postgres(url.toString(), { max: 1 });
+      const applied = await fresh`select count(*)::int as n from drizzle.__drizzle_migrations`;
+      const tables = await fresh`select count(*)::int as n from information_schema.tables where table_schema = 'public'`;
+      await fresh.end();
+      expect(applied[0]?.n).toBeGreaterThan(0);
+      expect(tables[0]?.n).toBe(3);
+      // A later start finds nothing to do.
+      await instances[0]!.migrate();
+    } finally {
+      await Promise.all(instances.map((instance) => instance.close()));
+      await admin.unsafe(`drop database "${name}" with (force)`);
+      await admin.end();
+    }
+  });
+});

@@ -90,6 +90,7 @@ export async function provisionIdentity(db: Database, claims: IdentityClaims): P
   throw new Error('unreachable: the last slug candidate either returns or throws');
 }
 
+// True only for a row this statement inserted: an updated row carries the updating transaction in xmax.
 const createdNow = sql<boolean>`(xmax = 0)`;
 
 async function provisionInTransaction(

@@ -9,7 +9,7 @@ import {
   provisionIdentity,
 } from '../../db/provisioning.js';
 import { organizationMembers, organizations, users } from '../../db/schema.js';
-import { openTestDatabase } from '../support/database.js';
+import { openTestDatabase, whileInsertsFail } from '../support/database.js';
 
 let database: DatabaseHandle;
 beforeAll(async () => {
@@ -269,23 +269,11 @@ describe('provisionIdentity', () => {
 
   it('creates organization, user and membership together or not at all', async () => {
     const claims = identity();
-    // A real failure of the last statement: a trigger refuses this user's membership.
-    await database.db.execute(
-      sql.raw(`create or replace function refuse_membership() returns trigger language plpgsql as $$
-        begin
-          if new.user_id = '${claims.userId}' then raise exception 'membership refused by test'; end if;
-          return new;
-        end $$`),
-    );
-    await database.db.execute(
-      sql.raw(`create trigger refuse_membership before insert on organization_members
-        for each row execute function refuse_membership()`),
-    );
-    try {
+    // A real failure of the last statement: PostgreSQL refuses this user's membership.
+    const failure = { table: 'organization_members', column: 'user_id', value: claims.userId, message: 'refused by test' };
+    await whileInsertsFail(database.db, failure, async () => {
       await expect(provisionIdentity(database.db, claims)).rejects.toThrow();
-      expect(await countRows(claims.tenantId, [claims.userId])).toEqual({ organizations: 0, users: 0, memberships: 0 });
-    } finally {
-      await database.db.execute(sql.raw('drop trigger refuse_membership on organization_members'));
-    }
+    });
+    expect(await countRows(claims.tenantId, [claims.userId])).toEqual({ organizations: 0, users: 0, memberships: 0 });
   });
 });

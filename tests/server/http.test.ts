@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import { TRPCClientError } from '@trpc/client';
-import { sql } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, expectTypeOf, it } from 'vitest';
 import { type AppRouter, type RouterOutputs, createApiClient } from '../../client/index.js';
 import { openDatabase } from '../../db/database.js';
+import { whileInsertsFail } from '../support/database.js';
 import { type TestApp, startHttpServer, startTestApp } from '../support/test-app.js';
 
 let app: TestApp;
@@ -138,27 +138,18 @@ describe('error responses', () => {
 
   it('hide database errors behind a generic message', async () => {
     const sub = randomUUID();
-    await app.db.execute(
-      sql.raw(`create or replace function refuse_user() returns trigger language plpgsql as $$
-        begin
-          if new.id = '${sub}' then raise exception 'relation secret_table violates something'; end if;
-          return new;
-        end $$`),
-    );
-    await app.db.execute(sql.raw('create trigger refuse_user before insert on users for each row execute function refuse_user()'));
-    try {
+    const failure = { table: 'users', column: 'id', value: sub, message: 'relation secret_table violates something' };
+    const response = await whileInsertsFail(app.db, failure, async () => {
       const token = await app.idp.mintToken({ claims: { sub } });
-      const response = await fetch(`${http.url}/trpc/me`, { headers: { authorization: `Bearer ${token}` } });
-      expect(response.status).toBe(500);
-      const body = await response.text();
-      expect(body).toContain('Internal server error');
-      expect(body).not.toMatch(/secret_table|insert into|stack/i);
-      // The operator finds the real cause in the log line of that request.
-      const requestId = response.headers.get('x-request-id');
-      const logged = app.logs.find((line) => line.requestId === requestId && line.msg === 'Request failed');
-      expect(JSON.stringify(logged)).toContain('secret_table');
-    } finally {
-      await app.db.execute(sql.raw('drop trigger refuse_user on users'));
-    }
+      return fetch(`${http.url}/trpc/me`, { headers: { authorization: `Bearer ${token}` } });
+    });
+    expect(response.status).toBe(500);
+    const body = await response.text();
+    expect(body).toContain('Internal server error');
+    expect(body).not.toMatch(/secret_table|insert into|stack/i);
+    // The operator finds the real cause in the log line of that request.
+    const requestId = response.headers.get('x-request-id');
+    const logged = app.logs.find((line) => line.requestId === requestId && line.msg === 'Request failed');
+    expect(JSON.stringify(logged)).toContain('secret_table');
   });
 });

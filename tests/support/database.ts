@@ -1,5 +1,7 @@
+import { randomBytes } from 'node:crypto';
+import { sql } from 'drizzle-orm';
 import { inject } from 'vitest';
-import { type DatabaseHandle, openDatabase } from '../../db/database.js';
+import { type Database, type DatabaseHandle, openDatabase } from '../../db/database.js';
 
 /** This run's PostgreSQL database when DATABASE_URL is set, else a fresh in-memory PGlite. */
 export async function openTestDatabase(): Promise<DatabaseHandle> {
@@ -7,4 +9,31 @@ export async function openTestDatabase(): Promise<DatabaseHandle> {
   const database = openDatabase(url ? { kind: 'postgres', url } : { kind: 'pglite' });
   await database.migrate();
   return database;
+}
+
+/**
+ * Runs `fn` while PostgreSQL itself refuses inserts into `table` whose `column` equals `value`:
+ * a real database failure at a chosen statement, with `message` as the driver's error text.
+ */
+export async function whileInsertsFail<T>(
+  db: Database,
+  failure: { table: string; column: string; value: string; message: string },
+  fn: () => Promise<T>,
+): Promise<T> {
+  const name = `refuse_${failure.table}_${randomBytes(4).toString('hex')}`;
+  const literal = (text: string) => `'${text.replaceAll("'", "''")}'`;
+  await db.execute(
+    sql.raw(`create function ${name}() returns trigger language plpgsql as $$
+      begin
+        if new.${failure.column} = ${literal(failure.value)} then raise exception ${literal(failure.message)}; end if;
+        return new;
+      end $$`),
+  );
+  await db.execute(sql.raw(`create trigger ${name} before insert on ${failure.table} for each row execute function ${name}()`));
+  try {
+    return await fn();
+  } finally {
+    await db.execute(sql.raw(`drop trigger ${name} on ${failure.table}`));
+    await db.execute(sql.raw(`drop function ${name}()`));
+  }
 }

@@ -17,6 +17,11 @@ afterAll(async () => {
   await app.close();
 });
 
+/** A token for a new admin of `tenantId`, to look at its members. */
+function admin(tenantId: string) {
+  return app.idp.mintToken({ claims: { tenantId, roles: ['Admin'] } });
+}
+
 async function clientError(promise: Promise<unknown>) {
   const error = await promise.then(
     () => null,
@@ -87,6 +92,30 @@ describe('the typed client over HTTP', () => {
     expect(members.items).toHaveLength(1);
     const created = app.logs.filter((line) => line.organizationId === tenantId && line.msg === 'Created organization');
     expect(created).toHaveLength(1);
+  });
+
+  it('provisions once for 50 concurrent first requests of one user', async () => {
+    const tenantId = randomUUID();
+    const token = await app.idp.mintToken({ claims: { tenantId } });
+    // 50 clients, so 50 separate HTTP requests rather than one batch.
+    const answers = await Promise.all(Array.from({ length: 50 }, () => http.clientFor(token).me.query()));
+    expect(new Set(answers.map((me) => me.user.id)).size).toBe(1);
+    const members = await http.clientFor(await admin(tenantId)).org.members.query();
+    expect(members.items.map((m) => m.userId)).toContain(answers[0]!.user.id);
+    const creations = app.logs.filter((line) => line.organizationId === tenantId && line.msg === 'Created organization');
+    expect(creations).toHaveLength(1);
+  });
+
+  it('gives 20 users of a new tenant signing in at once one organization and 20 memberships', async () => {
+    const tenantId = randomUUID();
+    const tokens = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => app.idp.mintToken({ claims: { tenantId, name: `Person ${i}`, roles: ['Editor'] } })),
+    );
+    const answers = await Promise.all(tokens.map((token) => http.clientFor(token).me.query()));
+    expect(new Set(answers.map((me) => me.organization.name)).size).toBe(1);
+    expect(new Set(answers.map((me) => me.user.id)).size).toBe(20);
+    const members = await http.clientFor(await admin(tenantId)).org.members.query({ limit: 100 });
+    expect(members.items).toHaveLength(21);
   });
 
   it('asks for the token on every request, so a refreshed token is used', async () => {

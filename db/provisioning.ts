@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { getTableColumns, sql } from 'drizzle-orm';
+import { eq, getTableColumns, sql } from 'drizzle-orm';
 import type { AnyPgColumn } from 'drizzle-orm/pg-core';
 import type { Database } from './database.js';
 import { isUniqueViolation } from './errors.js';
@@ -71,10 +71,10 @@ function sanitizeSlug(value: string): string {
 const slugConstraints = ['organizations_slug_unique', 'organizations_s3_bucket_name_unique'];
 
 /**
- * Creates or syncs the organization, user and membership of a verified identity, all in one
- * transaction. Every statement is an idempotent upsert that returns its row, so concurrent first
- * requests converge on the same rows without errors. Locks are taken in the order
- * organization, user, membership, so concurrent provisioning cannot deadlock.
+ * Creates or syncs the organization, user and membership of a verified identity in one
+ * transaction of three statements. Each is an idempotent upsert that returns its row, so
+ * concurrent first requests converge on the same rows without errors; rows are locked in the
+ * order organization, user, membership, so concurrent provisioning cannot deadlock.
  */
 export async function provisionIdentity(db: Database, claims: IdentityClaims): Promise<ProvisionedIdentity> {
   const slugs = organizationSlugCandidates(claims.tenantId);
@@ -98,19 +98,7 @@ async function provisionInTransaction(
   claims: IdentityClaims,
   slug: string,
 ): Promise<ProvisionedIdentity> {
-  const [organizationRow] = await tx
-    .insert(organizations)
-    .values({
-      id: claims.tenantId,
-      // There is no tenant-name claim: the first user seen names the organization.
-      name: claims.name || claims.email || slug,
-      slug,
-      s3BucketName: `org-${slug}`,
-    })
-    // A no-op update so that RETURNING yields the existing row; the name is set on creation only.
-    .onConflictDoUpdate({ target: organizations.id, set: { name: sql`${organizations.name}` } })
-    .returning({ ...getTableColumns(organizations), created: createdNow });
-
+  const [organizationRow] = await upsertOrganization(tx, claims, slug);
   const [userRow] = await upsertUser(tx, claims);
 
   const [membershipRow] = await tx
@@ -140,6 +128,34 @@ async function provisionInTransaction(
     membership,
     created: { organization: organizationCreated, user: userCreated, membership: membershipCreated },
   };
+}
+
+/**
+ * One statement that returns the tenant's organization, inserting it when it is new. An existing
+ * organization is only read, so the users of one tenant never queue behind a lock on its row.
+ * When two first requests race, ON CONFLICT makes the loser wait for the winner and return the
+ * winner's row (a no-op update, since DO NOTHING would return no row). The name is set on
+ * creation only: there is no tenant-name claim, so the first user seen names the organization.
+ */
+function upsertOrganization(tx: Database, claims: IdentityClaims, slug: string) {
+  const existing = tx.$with('existing').as(
+    tx
+      .select({ ...getTableColumns(organizations), created: sql<boolean>`false`.as('created') })
+      .from(organizations)
+      .where(eq(organizations.id, claims.tenantId)),
+  );
+  const inserted = tx.$with('inserted', { ...getTableColumns(organizations), created: createdNow.as('created') }).as(
+    sql`insert into ${organizations} (id, name, slug, s3_bucket_name)
+      select ${claims.tenantId}, ${claims.name || claims.email || slug}, ${slug}, ${`org-${slug}`}
+      where not exists (select from ${existing})
+      on conflict (id) do update set name = ${organizations.name}
+      returning *, ${createdNow} as created`,
+  );
+  // Data-modifying CTEs must sit at the top level, so the union is a CTE of its own.
+  const organization = tx
+    .$with('organization', { ...getTableColumns(organizations), created: createdNow.as('created') })
+    .as(sql`select * from ${existing} union all select * from ${inserted}`);
+  return tx.with(existing, inserted, organization).select().from(organization);
 }
 
 function upsertUser(tx: Database, claims: IdentityClaims) {

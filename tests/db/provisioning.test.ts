@@ -118,6 +118,21 @@ describe('provisionIdentity', () => {
     expect(await countRows(claims.tenantId, [claims.userId])).toEqual({ organizations: 1, users: 1, memberships: 1 });
   });
 
+  it('only reads an existing organization, so its users never queue on a lock of its row', async () => {
+    const tenantId = randomUUID();
+    const rowVersion = async () => {
+      const [row] = await database.db
+        .select({ version: sql<string>`xmin::text` })
+        .from(organizations)
+        .where(eq(organizations.id, tenantId));
+      return row?.version;
+    };
+    await provisionIdentity(database.db, identity({ tenantId }));
+    const before = await rowVersion();
+    await Promise.all([1, 2, 3].map(() => provisionIdentity(database.db, identity({ tenantId }))));
+    expect(await rowVersion()).toBe(before);
+  });
+
   it('keeps the profile in sync with later tokens, and keeps what a token leaves out', async () => {
     const claims = identity();
     await provisionIdentity(database.db, claims);

@@ -101,20 +101,7 @@ async function provisionInTransaction(
   const [organizationRow] = await upsertOrganization(tx, claims, slug);
   const [userRow] = await upsertUser(tx, claims);
 
-  const [membershipRow] = await tx
-    .insert(organizationMembers)
-    .values({ userId: claims.userId, organizationId: claims.tenantId, role: mapFronteggRoles(claims.roles) })
-    .onConflictDoUpdate({
-      target: [organizationMembers.userId, organizationMembers.organizationId],
-      // The role follows the token on every login, so a demotion takes effect with the next token.
-      // `is_active` is not touched: a deactivated member stays deactivated.
-      set: {
-        role: sql`excluded.role`,
-        updatedAt: sql`case when ${organizationMembers.role} is distinct from excluded.role
-          then now() else ${organizationMembers.updatedAt} end`,
-      },
-    })
-    .returning({ ...getTableColumns(organizationMembers), created: createdNow });
+  const [membershipRow] = await upsertMembership(tx, claims);
 
   if (!organizationRow || !userRow || !membershipRow) {
     throw new Error('an upsert with RETURNING returned no row');
@@ -195,4 +182,21 @@ function upsertUser(tx: Database, claims: IdentityClaims) {
       },
     })
     .returning({ ...getTableColumns(users), created: createdNow });
+}
+
+function upsertMembership(tx: Database, claims: IdentityClaims) {
+  return tx
+    .insert(organizationMembers)
+    .values({ userId: claims.userId, organizationId: claims.tenantId, role: mapFronteggRoles(claims.roles) })
+    .onConflictDoUpdate({
+      target: [organizationMembers.userId, organizationMembers.organizationId],
+      // The role follows the token on every login, so a demotion takes effect with the next token.
+      // `is_active` is not touched: a deactivated member stays deactivated.
+      set: {
+        role: sql`excluded.role`,
+        updatedAt: sql`case when ${organizationMembers.role} is distinct from excluded.role
+          then now() else ${organizationMembers.updatedAt} end`,
+      },
+    })
+    .returning({ ...getTableColumns(organizationMembers), created: createdNow });
 }

@@ -35,8 +35,8 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     url,
     async close() {
       const closed = once(server, 'close');
+      // Since Node 19, close() also closes idle keep-alive connections.
       server.close();
-      server.closeIdleConnections();
       await closed;
       await database.close();
     },

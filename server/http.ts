@@ -35,7 +35,10 @@ export function createHttpServer(deps: HttpServerDeps): http.Server {
     const requestId = typeof incoming === 'string' && requestIdPattern.test(incoming) ? incoming : randomUUID();
     res.setHeader('x-request-id', requestId);
 
-    const { pathname } = new URL(req.url ?? '/', 'http://localhost');
+    // tRPC parses the URL itself; here the path before any query string is enough to route.
+    const url = req.url ?? '/';
+    const queryAt = url.indexOf('?');
+    const pathname = queryAt === -1 ? url : url.slice(0, queryAt);
     if (pathname.startsWith('/trpc/')) return trpcHandler(req, res);
     if (pathname === '/healthz') return sendJson(res, 200, { status: 'ok' });
     if (pathname === '/readyz') {

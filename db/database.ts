@@ -60,9 +60,7 @@ function openPostgres({ url, maxConnections = 10 }: { url: string; maxConnection
         await lockClient.end({ timeout: 5 });
       }
     },
-    async ping() {
-      await db.execute(sql`select 1`);
-    },
+    ping: () => ping(db),
     async close() {
       await client.end({ timeout: 5 });
     },
@@ -78,9 +76,11 @@ function openPglite(dataDir: string | undefined): DatabaseHandle {
     kind: 'pglite',
     // PGlite lives inside this process and locks its data directory, so no other instance can race.
     migrate: () => migratePglite(db, { migrationsFolder }),
-    async ping() {
-      await db.execute(sql`select 1`);
-    },
+    ping: () => ping(db),
     close: () => client.close(),
   };
+}
+
+async function ping(db: Database): Promise<void> {
+  await db.execute(sql`select 1`);
 }

@@ -2,13 +2,8 @@ import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { type CryptoKey, type JWK, type JWTHeaderParameters, SignJWT, exportJWK, generateKeyPair } from 'jose';
-
-interface SigningKey {
-  kid: string;
-  privateKey: CryptoKey;
-  publicJwk: JWK;
-}
+import { type JWTHeaderParameters, SignJWT, exportJWK, generateKeyPair } from 'jose';
+import type { LocalSigningKey as SigningKey } from '../../server/auth/local-identity.js';
 
 export async function createSigningKey(kid: string = randomUUID()): Promise<SigningKey> {
   const { privateKey, publicKey } = await generateKeyPair('RS256', { extractable: true });

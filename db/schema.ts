@@ -1,13 +1,17 @@
 import { sql } from 'drizzle-orm';
 import {
+  bigint,
   boolean,
   check,
+  foreignKey,
   index,
   jsonb,
   pgTable,
   primaryKey,
   text,
   timestamp,
+  uniqueIndex,
+  uuid,
 } from 'drizzle-orm/pg-core';
 
 // Millisecond precision: a JavaScript Date round-trips exactly, so timestamps are safe in cursors.
@@ -83,6 +87,74 @@ export const organizationMembers = pgTable(
   ],
 );
 
+export const DEFAULT_SESSION_TITLE = 'New Chat';
+
+/** A user's conversation inside one organization. */
+export const chatSessions = pgTable(
+  'chat_sessions',
+  {
+    id: uuid('id').primaryKey().defaultRandom(),
+    userId: text('user_id').notNull(),
+    organizationId: text('organization_id').notNull(),
+    title: text('title').notNull().default(DEFAULT_SESSION_TITLE),
+    isActive: boolean('is_active').notNull().default(true),
+    createdAt: createdAt(),
+    updatedAt: updatedAt(),
+  },
+  (table) => [
+    // A session exists only for a membership, and goes with it.
+    foreignKey({
+      name: 'chat_sessions_membership_fk',
+      columns: [table.userId, table.organizationId],
+      foreignColumns: [organizationMembers.userId, organizationMembers.organizationId],
+    }).onDelete('cascade'),
+    check('chat_sessions_title_length', sql`char_length(${table.title}) between 1 and 200`),
+    // At most one active session per user per organization, whatever races.
+    uniqueIndex('chat_sessions_one_active_idx')
+      .on(table.userId, table.organizationId)
+      .where(sql`${table.isActive}`),
+    // Serves listing a user's sessions in an organization by recent activity (scanned backwards).
+    index('chat_sessions_user_org_updated_idx').on(table.userId, table.organizationId, table.updatedAt, table.id),
+  ],
+);
+
+export const messageRoles = ['user', 'assistant', 'system'] as const;
+export type MessageRole = (typeof messageRoles)[number];
+
+export const chatMessages = pgTable(
+  'chat_messages',
+  {
+    id: uuid('id').primaryKey().defaultRandom(),
+    // Conversation order: two messages stored in the same millisecond (a question and its answer)
+    // still come back in the order they were stored, which neither created_at nor a uuid gives.
+    seq: bigint('seq', { mode: 'number' }).notNull().generatedAlwaysAsIdentity(),
+    sessionId: uuid('session_id')
+      .notNull()
+      .references(() => chatSessions.id, { onDelete: 'cascade' }),
+    role: text('role', { enum: messageRoles }).notNull(),
+    content: text('content').notNull(),
+    createdAt: createdAt(),
+  },
+  (table) => [
+    check('chat_messages_role_check', sql`${table.role} in ('user', 'assistant', 'system')`),
+    // Serves paging a session's messages from the newest back.
+    index('chat_messages_session_seq_idx').on(table.sessionId, table.seq),
+  ],
+);
+
+/**
+ * Secrets the instances of this service share, created on first start: every instance on one
+ * database agrees on them without configuration.
+ */
+export const serverSecrets = pgTable('server_secrets', {
+  name: text('name').primaryKey(),
+  /** base64url of random bytes: text reads back the same from both drivers, unlike bytea. */
+  secret: text('secret').notNull(),
+  createdAt: createdAt(),
+});
+
 export type Organization = typeof organizations.$inferSelect;
 export type User = typeof users.$inferSelect;
 export type OrganizationMember = typeof organizationMembers.$inferSelect;
+export type ChatSession = typeof chatSessions.$inferSelect;
+export type ChatMessage = typeof chatMessages.$inferSelect;

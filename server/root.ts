@@ -1,3 +1,4 @@
+import { chatRouter } from './routers/chat.js';
 import { me } from './routers/me.js';
 import { orgRouter } from './routers/org.js';
 import { createCallerFactory, router } from './trpc.js';
@@ -5,6 +6,7 @@ import { createCallerFactory, router } from './trpc.js';
 export const appRouter = router({
   me,
   org: orgRouter,
+  chat: chatRouter,
 });
 
 export type AppRouter = typeof appRouter;

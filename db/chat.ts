@@ -1,0 +1,290 @@
+import { and, desc, eq, getTableColumns, sql } from 'drizzle-orm';
+import type { Database } from './database.js';
+import { isUniqueViolation } from './errors.js';
+import { DEFAULT_SESSION_TITLE, type MessageRole, chatMessages, chatSessions, organizationMembers } from './schema.js';
+
+/**
+ * Whose sessions a query may touch: every function here puts both ids in its `WHERE`, so a
+ * session of another user or tenant is never read or written, and looks like one that does not exist.
+ */
+export interface SessionOwner {
+  userId: string;
+  organizationId: string;
+}
+
+/** The columns callers see: `Session` in the API. */
+const sessionColumns = {
+  id: chatSessions.id,
+  title: chatSessions.title,
+  isActive: chatSessions.isActive,
+  createdAt: chatSessions.createdAt,
+  updatedAt: chatSessions.updatedAt,
+};
+
+/** `Message` in the API, plus `seq`, the conversation order that message cursors hold. */
+const messageColumns = {
+  id: chatMessages.id,
+  sessionId: chatMessages.sessionId,
+  role: chatMessages.role,
+  content: chatMessages.content,
+  createdAt: chatMessages.createdAt,
+  seq: chatMessages.seq,
+};
+
+export interface SessionPosition {
+  updatedAt: Date;
+  id: string;
+}
+
+const ownedBy = (owner: SessionOwner) =>
+  and(eq(chatSessions.userId, owner.userId), eq(chatSessions.organizationId, owner.organizationId));
+
+const ownedSession = (owner: SessionOwner, id: string) => and(eq(chatSessions.id, id), ownedBy(owner));
+
+// True only for a row this statement inserted: an updated row carries the updating transaction in xmax.
+const createdNow = sql<boolean>`(xmax = 0)`;
+
+/**
+ * The owner's active session, created when there is none, in one statement. An existing one is
+ * only read. When concurrent first calls race, the partial unique index lets one insert win;
+ * ON CONFLICT makes the others wait for it and return its row (a no-op update, since DO NOTHING
+ * would return no row).
+ */
+export async function getOrCreateActiveSession(db: Database, owner: SessionOwner) {
+  const existing = db.$with('existing').as(
+    db
+      .select({ ...getTableColumns(chatSessions), created: sql<boolean>`false`.as('created') })
+      .from(chatSessions)
+      .where(and(ownedBy(owner), eq(chatSessions.isActive, true))),
+  );
+  const returned = { ...getTableColumns(chatSessions), created: createdNow.as('created') };
+  const inserted = db.$with('inserted', returned).as(
+    sql`insert into ${chatSessions} (user_id, organization_id)
+      select ${owner.userId}, ${owner.organizationId}
+      where not exists (select from ${existing})
+      on conflict (user_id, organization_id) where is_active do update set is_active = ${chatSessions.isActive}
+      returning *, ${createdNow} as created`,
+  );
+  // Data-modifying CTEs must sit at the top level, so the union is a CTE of its own.
+  const active = db.$with('active', returned).as(sql`select * from ${existing} union all select * from ${inserted}`);
+  const [row] = await db
+    .with(existing, inserted, active)
+    .select({
+      id: active.id,
+      title: active.title,
+      isActive: active.isActive,
+      createdAt: active.createdAt,
+      updatedAt: active.updatedAt,
+      created: active.created,
+    })
+    .from(active);
+  if (!row) throw new Error('the active-session statement returned no row');
+  const { created, ...session } = row;
+  return { session, created };
+}
+
+/** A new session, made the owner's only active one in the same transaction. */
+export function createActiveSession(db: Database, owner: SessionOwner & { title?: string | undefined }) {
+  return changeActiveSession(db, owner, async (tx) => {
+    await deactivateSessions(tx, owner);
+    const [session] = await tx
+      .insert(chatSessions)
+      .values({
+        userId: owner.userId,
+        organizationId: owner.organizationId,
+        title: owner.title ?? DEFAULT_SESSION_TITLE,
+        isActive: true,
+      })
+      .returning(sessionColumns);
+    if (!session) throw new Error('insert with RETURNING returned no row');
+    return session;
+  });
+}
+
+/** Makes the session the owner's only active one; `undefined` when the owner has no such session. */
+export function activateSessionById(db: Database, { id, ...owner }: SessionOwner & { id: string }) {
+  return changeActiveSession(db, owner, async (tx) => {
+    const [target] = await tx.select({ isActive: chatSessions.isActive }).from(chatSessions).where(ownedSession(owner, id));
+    if (!target) return undefined;
+    if (!target.isActive) await deactivateSessions(tx, owner);
+    const [session] = await tx
+      .update(chatSessions)
+      .set({ isActive: true })
+      .where(ownedSession(owner, id))
+      .returning(sessionColumns);
+    return session;
+  });
+}
+
+const oneActiveIndex = ['chat_sessions_one_active_idx'];
+
+/**
+ * Runs a change of the owner's active session in a transaction that holds their membership row,
+ * so such changes for one owner run one at a time. `getOrCreateActiveSession` does not take that
+ * lock; when it inserts first, the unique index refuses our insert and the change runs again.
+ */
+async function changeActiveSession<T>(
+  db: Database,
+  owner: SessionOwner,
+  change: (tx: Database) => Promise<T>,
+): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await db.transaction(async (tx) => {
+        await tx
+          .select({ userId: organizationMembers.userId })
+          .from(organizationMembers)
+          .where(
+            and(
+              eq(organizationMembers.userId, owner.userId),
+              eq(organizationMembers.organizationId, owner.organizationId),
+            ),
+          )
+          .for('no key update');
+        return change(tx);
+      });
+    } catch (error) {
+      if (attempt < 3 && isUniqueViolation(error, oneActiveIndex)) continue;
+      throw error;
+    }
+  }
+}
+
+function deactivateSessions(tx: Database, owner: SessionOwner) {
+  return tx
+    .update(chatSessions)
+    .set({ isActive: false })
+    .where(and(ownedBy(owner), eq(chatSessions.isActive, true)));
+}
+
+/**
+ * The owner's sessions by most recent activity (`updated_at`, ties broken by id), `limit` at a
+ * time, starting after `before`. `hasMore` comes from fetching one row beyond the page.
+ */
+export async function getSessionsByOwner(
+  db: Database,
+  { limit, before, ...owner }: SessionOwner & { limit: number; before?: SessionPosition | undefined },
+) {
+  const rows = await db
+    .select(sessionColumns)
+    .from(chatSessions)
+    .where(
+      and(
+        ownedBy(owner),
+        // A row comparison is one range of the (user, org, updated_at, id) index.
+        before &&
+          sql`(${chatSessions.updatedAt}, ${chatSessions.id}) < (${before.updatedAt.toISOString()}::timestamptz, ${before.id}::uuid)`,
+      ),
+    )
+    .orderBy(desc(chatSessions.updatedAt), desc(chatSessions.id))
+    .limit(limit + 1);
+  return { sessions: rows.slice(0, limit), hasMore: rows.length > limit };
+}
+
+export async function getSessionById(db: Database, { id, ...owner }: SessionOwner & { id: string }) {
+  const [session] = await db.select(sessionColumns).from(chatSessions).where(ownedSession(owner, id));
+  return session;
+}
+
+export async function renameSessionById(
+  db: Database,
+  { id, title, ...owner }: SessionOwner & { id: string; title: string },
+) {
+  const [session] = await db
+    .update(chatSessions)
+    .set({ title, updatedAt: sql`now()` })
+    .where(ownedSession(owner, id))
+    .returning(sessionColumns);
+  return session;
+}
+
+/** Deletes the session; its messages go with it in the same statement (ON DELETE CASCADE). */
+export async function deleteSessionById(db: Database, { id, ...owner }: SessionOwner & { id: string }) {
+  const deleted = await db.delete(chatSessions).where(ownedSession(owner, id)).returning({ id: chatSessions.id });
+  return deleted.length > 0;
+}
+
+/**
+ * Stores a message and bumps the session's `updated_at` in one transaction; `undefined` when the
+ * owner has no such session. A session still titled `New Chat` with no messages yet takes
+ * `titleIfFirst`. The session row is locked first, so one session's messages are numbered in
+ * commit order and a reader paging by `seq` never finds an older message appearing behind it.
+ */
+export function addMessageToSession(
+  db: Database,
+  {
+    sessionId,
+    role,
+    content,
+    titleIfFirst,
+    ...owner
+  }: SessionOwner & { sessionId: string; role: MessageRole; content: string; titleIfFirst: string },
+) {
+  return db.transaction(async (tx) => {
+    const [session] = await tx
+      .update(chatSessions)
+      .set({
+        updatedAt: sql`now()`,
+        title: sql`case when ${chatSessions.title} = ${DEFAULT_SESSION_TITLE}
+          and not exists (select from ${chatMessages} where ${chatMessages.sessionId} = ${chatSessions.id})
+          then ${titleIfFirst} else ${chatSessions.title} end`,
+      })
+      .where(ownedSession(owner, sessionId))
+      .returning({ id: chatSessions.id });
+    if (!session) return undefined;
+    const [message] = await tx
+      .insert(chatMessages)
+      .values({ sessionId, role, content, createdAt: sql`now()` })
+      .returning(messageColumns);
+    return message;
+  });
+}
+
+/**
+ * The newest `limit` messages of an owner's session older than `beforeSeq`, oldest first.
+ * An empty page does not tell whether the session exists: ask `getSessionById`.
+ */
+export async function getMessagesBySessionId(
+  db: Database,
+  {
+    sessionId,
+    limit,
+    beforeSeq,
+    ...owner
+  }: SessionOwner & { sessionId: string; limit: number; beforeSeq?: number | undefined },
+) {
+  const rows = await db
+    .select(messageColumns)
+    .from(chatMessages)
+    .innerJoin(chatSessions, eq(chatSessions.id, chatMessages.sessionId))
+    .where(
+      and(
+        eq(chatMessages.sessionId, sessionId),
+        ownedSession(owner, sessionId),
+        beforeSeq === undefined ? undefined : sql`${chatMessages.seq} < ${beforeSeq}`,
+      ),
+    )
+    .orderBy(desc(chatMessages.seq))
+    .limit(limit + 1);
+  return { messages: rows.slice(0, limit).reverse(), hasMore: rows.length > limit };
+}
+
+const TITLE_MAX_CHARACTERS = 50;
+
+/**
+ * A session title from a message's opening words: whitespace collapsed, cut at a word boundary
+ * near 50 characters (counted as code points, so no emoji is split), with `…` when cut.
+ */
+export function titleFromMessage(content: string): string {
+  const words = content.trim().split(/\s+/u);
+  let title = '';
+  for (const word of words) {
+    const next = title ? `${title} ${word}` : word;
+    if ([...next].length > TITLE_MAX_CHARACTERS) {
+      if (!title) title = [...word].slice(0, TITLE_MAX_CHARACTERS).join('');
+      return `${title}…`;
+    }
+    title = next;
+  }
+  return title || DEFAULT_SESSION_TITLE;
+}

@@ -1,0 +1,149 @@
+import { TRPCError } from '@trpc/server';
+import { z } from 'zod';
+import {
+  activateSessionById,
+  addMessageToSession,
+  createActiveSession,
+  deleteSessionById,
+  getMessagesBySessionId,
+  getOrCreateActiveSession,
+  getSessionById,
+  getSessionsByOwner,
+  renameSessionById,
+  titleFromMessage,
+} from '../../db/chat.js';
+import { protectedProcedure, router } from '../trpc.js';
+
+/** Length in characters as people count them (code points), as PostgreSQL's `char_length` does. */
+const characters = (value: string) => [...value].length;
+
+// With the `u` flag a surrogate pair is one code point, so only a lone half matches.
+const loneSurrogate = /\p{Surrogate}/u;
+
+/**
+ * Text PostgreSQL can store as given: no NUL (text columns refuse it) and no lone UTF-16
+ * surrogate (it would be stored as U+FFFD, changing what was sent).
+ */
+function storableText({ max, label }: { max: number; label: string }) {
+  return z
+    .string()
+    .refine((value) => !loneSurrogate.test(value), `${label} is not valid Unicode text`)
+    .refine((value) => !value.includes('\u0000'), `${label} must not contain NUL characters`)
+    .refine((value) => value.trim().length > 0, `${label} must not be empty`)
+    .refine((value) => characters(value) <= max, `${label} must be at most ${max} characters`);
+}
+
+const title = storableText({ max: 200, label: 'Title' }).transform((value) => value.trim());
+const content = storableText({ max: 32_000, label: 'Content' });
+const sessionId = z.uuid();
+const cursor = z.string().max(512).nullish();
+
+const sessionCursor = z.object({ updatedAt: z.iso.datetime().transform((value) => new Date(value)), id: z.uuid() });
+const messageCursor = z.object({ seq: z.number().int().positive() });
+
+/** Chat procedures see `ctx.owner`: the caller in their current organization, which every query filters by. */
+const chatProcedure = protectedProcedure.use(({ ctx, next }) =>
+  next({ ctx: { owner: { userId: ctx.user.id, organizationId: ctx.organization.id } } }),
+);
+
+function sessionNotFound(): never {
+  // The same answer for a session that does not exist and one that is not the caller's.
+  throw new TRPCError({ code: 'NOT_FOUND', message: 'Chat session not found' });
+}
+
+export const chatRouter = router({
+  /** The caller's active session in this organization, created (titled `New Chat`) when there is none. */
+  getActiveSession: chatProcedure.query(async ({ ctx }) => {
+    const { session, created } = await getOrCreateActiveSession(ctx.db, ctx.owner);
+    if (created) ctx.log.info({ ...ctx.owner, sessionId: session.id }, 'Created new active session');
+    return session;
+  }),
+
+  /** A new session, now the active one; the previously active one becomes inactive. */
+  createSession: chatProcedure
+    .input(z.object({ title: title.optional() }).optional())
+    .mutation(async ({ ctx, input }) => {
+      const session = await createActiveSession(ctx.db, { ...ctx.owner, title: input?.title });
+      ctx.log.info({ ...ctx.owner, sessionId: session.id }, 'Created session');
+      return session;
+    }),
+
+  /** The caller's sessions, most recent activity first. */
+  listSessions: chatProcedure
+    .input(
+      z
+        .object({ limit: z.number().int().min(1).max(100).default(20), cursor })
+        .default({ limit: 20 }),
+    )
+    .query(async ({ ctx, input }) => {
+      const scope = `chat.listSessions:${ctx.owner.userId}:${ctx.owner.organizationId}`;
+      const before = input.cursor ? ctx.cursors.decode(scope, sessionCursor, input.cursor) : undefined;
+      const { sessions, hasMore } = await getSessionsByOwner(ctx.db, { ...ctx.owner, limit: input.limit, before });
+      const last = sessions.at(-1);
+      return {
+        items: sessions,
+        nextCursor: hasMore && last ? ctx.cursors.encode(scope, { updatedAt: last.updatedAt, id: last.id }) : null,
+      };
+    }),
+
+  getSession: chatProcedure.input(z.object({ sessionId })).query(async ({ ctx, input }) => {
+    return (await getSessionById(ctx.db, { ...ctx.owner, id: input.sessionId })) ?? sessionNotFound();
+  }),
+
+  /** Makes the session the only active one. */
+  setActiveSession: chatProcedure.input(z.object({ sessionId })).mutation(async ({ ctx, input }) => {
+    return (await activateSessionById(ctx.db, { ...ctx.owner, id: input.sessionId })) ?? sessionNotFound();
+  }),
+
+  renameSession: chatProcedure.input(z.object({ sessionId, title })).mutation(async ({ ctx, input }) => {
+    const session = await renameSessionById(ctx.db, { ...ctx.owner, id: input.sessionId, title: input.title });
+    return session ?? sessionNotFound();
+  }),
+
+  /** Deletes the session and its messages. When it was active, none is until `getActiveSession` makes one. */
+  deleteSession: chatProcedure.input(z.object({ sessionId })).mutation(async ({ ctx, input }) => {
+    if (!(await deleteSessionById(ctx.db, { ...ctx.owner, id: input.sessionId }))) sessionNotFound();
+    ctx.log.info({ ...ctx.owner, sessionId: input.sessionId }, 'Deleted session');
+    return { sessionId: input.sessionId };
+  }),
+
+  /** Stores the caller's message; the first one titles a session still called `New Chat`. */
+  sendMessage: chatProcedure.input(z.object({ sessionId, content })).mutation(async ({ ctx, input }) => {
+    const stored = await addMessageToSession(ctx.db, {
+      ...ctx.owner,
+      sessionId: input.sessionId,
+      role: 'user',
+      content: input.content,
+      titleIfFirst: titleFromMessage(input.content),
+    });
+    if (!stored) sessionNotFound();
+    const { seq: _seq, ...message } = stored;
+    return message;
+  }),
+
+  /**
+   * The newest `limit` messages (older than `cursor` when given), oldest first; `nextCursor`
+   * fetches the page before them and is null at the start of the conversation.
+   */
+  listMessages: chatProcedure
+    .input(z.object({ sessionId, limit: z.number().int().min(1).max(100).default(50), cursor }))
+    .query(async ({ ctx, input }) => {
+      const scope = `chat.listMessages:${input.sessionId}`;
+      const before = input.cursor ? ctx.cursors.decode(scope, messageCursor, input.cursor) : undefined;
+      const { messages, hasMore } = await getMessagesBySessionId(ctx.db, {
+        ...ctx.owner,
+        sessionId: input.sessionId,
+        limit: input.limit,
+        beforeSeq: before?.seq,
+      });
+      // An empty page: an empty conversation, or no session of the caller's.
+      if (messages.length === 0 && !(await getSessionById(ctx.db, { ...ctx.owner, id: input.sessionId }))) {
+        sessionNotFound();
+      }
+      const oldest = messages[0];
+      return {
+        items: messages.map(({ seq: _seq, ...message }) => message),
+        nextCursor: hasMore && oldest ? ctx.cursors.encode(scope, { seq: oldest.seq }) : null,
+      };
+    }),
+});

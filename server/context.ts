@@ -3,6 +3,7 @@ import type { Database } from '../db/database.js';
 import { provisionIdentity } from '../db/provisioning.js';
 import type { Organization, OrganizationMember, User } from '../db/schema.js';
 import { AccessTokenError, type AccessTokenVerifier, parseBearerToken } from './auth/access-token.js';
+import type { CursorCodec } from './cursor.js';
 import type { Logger } from './logger.js';
 
 /** What the server is built from; tests build the same with a real database and key set. */
@@ -10,6 +11,8 @@ export interface ServerDeps {
   db: Database;
   verifyAccessToken: AccessTokenVerifier;
   log: Logger;
+  /** Signs and checks paging cursors with the secret the instances share. */
+  cursors: CursorCodec;
 }
 
 export type Auth =
@@ -53,8 +56,8 @@ export async function authenticate(deps: ServerDeps, authorization: string | und
 }
 
 /** The part of the context that needs no HTTP request: what tests build directly. */
-export function createInnerContext(deps: Pick<ServerDeps, 'db' | 'log'>, auth: Auth) {
-  return { db: deps.db, log: deps.log, auth };
+export function createInnerContext(deps: Pick<ServerDeps, 'db' | 'log' | 'cursors'>, auth: Auth) {
+  return { db: deps.db, log: deps.log, cursors: deps.cursors, auth };
 }
 
 export type Context = ReturnType<typeof createInnerContext>;

@@ -1,20 +1,52 @@
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import { TRPCError } from '@trpc/server';
 import type { z } from 'zod';
 
-/** Cursors are opaque to callers: base64url JSON of the last row's sort key. */
-export function encodeCursor(key: Record<string, unknown>): string {
-  return Buffer.from(JSON.stringify(key)).toString('base64url');
+/**
+ * Opaque paging cursors: base64url JSON of the last row's sort key, signed with a secret the
+ * instances share and bound to a scope (the procedure and whose rows it pages). A cursor the
+ * server did not issue for this very listing, edited or from elsewhere, is refused.
+ */
+export interface CursorCodec {
+  encode(scope: string, key: Record<string, unknown>): string;
+  /** The sort key in `cursor`, or `BAD_REQUEST` for anything this server did not issue for `scope`. */
+  decode<Schema extends z.ZodType>(scope: string, schema: Schema, cursor: string): z.output<Schema>;
 }
 
-/** The sort key in `cursor`, or `BAD_REQUEST` for anything this server would not have issued. */
-export function decodeCursor<Schema extends z.ZodType>(schema: Schema, cursor: string): z.output<Schema> {
-  let json: unknown;
-  try {
-    json = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'));
-  } catch {
-    json = undefined;
-  }
-  const parsed = schema.safeParse(json);
-  if (!parsed.success) throw new TRPCError({ code: 'BAD_REQUEST', message: 'Invalid cursor' });
-  return parsed.data;
+const MAC_BYTES = 16;
+
+/** The name of the cursor-signing secret in `server_secrets`. */
+export const CURSOR_SECRET_NAME = 'cursor-signing';
+
+export function createCursorCodec(secret: Buffer): CursorCodec {
+  const sign = (scope: string, payload: string) =>
+    createHmac('sha256', secret).update(`${scope}\n${payload}`).digest().subarray(0, MAC_BYTES).toString('base64url');
+
+  return {
+    encode(scope, key) {
+      const payload = Buffer.from(JSON.stringify(key)).toString('base64url');
+      return `${payload}.${sign(scope, payload)}`;
+    },
+    decode(scope, schema, cursor) {
+      const [payload = '', mac = '', ...rest] = cursor.split('.');
+      const given = Buffer.from(mac);
+      const expected = Buffer.from(sign(scope, payload));
+      if (rest.length > 0 || given.length !== expected.length || !timingSafeEqual(given, expected)) {
+        throw invalidCursor();
+      }
+      let json: unknown;
+      try {
+        json = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8'));
+      } catch {
+        throw invalidCursor();
+      }
+      const parsed = schema.safeParse(json);
+      if (!parsed.success) throw invalidCursor();
+      return parsed.data;
+    },
+  };
+}
+
+function invalidCursor() {
+  return new TRPCError({ code: 'BAD_REQUEST', message: 'Invalid cursor' });
 }

@@ -1,6 +1,5 @@
 import { z } from 'zod';
 import { getMembersByOrganizationId } from '../../db/members.js';
-import { decodeCursor, encodeCursor } from '../cursor.js';
 import { adminProcedure, router } from '../trpc.js';
 
 const memberCursor = z.object({ createdAt: z.iso.datetime().transform((value) => new Date(value)), userId: z.string() });
@@ -14,7 +13,8 @@ export const orgRouter = router({
         .default({ limit: 50 }),
     )
     .query(async ({ ctx, input }) => {
-      const after = input.cursor ? decodeCursor(memberCursor, input.cursor) : undefined;
+      const scope = `org.members:${ctx.organization.id}`;
+      const after = input.cursor ? ctx.cursors.decode(scope, memberCursor, input.cursor) : undefined;
       const { members, hasMore } = await getMembersByOrganizationId(ctx.db, {
         organizationId: ctx.organization.id,
         limit: input.limit,
@@ -23,7 +23,7 @@ export const orgRouter = router({
       const last = members.at(-1);
       return {
         items: members.map(({ joinedAt: _joinedAt, ...member }) => member),
-        nextCursor: hasMore && last ? encodeCursor({ createdAt: last.joinedAt, userId: last.userId }) : null,
+        nextCursor: hasMore && last ? ctx.cursors.encode(scope, { createdAt: last.joinedAt, userId: last.userId }) : null,
       };
     }),
 });

@@ -168,12 +168,20 @@ describe('org.members', () => {
   });
 
   it.each([
-    ['not base64 JSON', 'not-a-cursor'],
-    ['JSON of the wrong shape', Buffer.from('{"createdAt":5}').toString('base64url')],
-    ['a bad date', Buffer.from('{"createdAt":"yesterday","userId":"x"}').toString('base64url')],
+    ['not a cursor at all', 'not-a-cursor'],
+    ['unsigned JSON', Buffer.from('{"createdAt":"2026-01-01T00:00:00.000Z","userId":"x"}').toString('base64url')],
   ])('answers BAD_REQUEST to a cursor that is %s', async (_, cursor) => {
     const caller = await callerAs(person(randomUUID(), { roles: ['Admin'] }));
     await expectTRPCError(caller.org.members({ cursor }), 'BAD_REQUEST');
+  });
+
+  it('answers BAD_REQUEST to a genuine cursor of another organization’s member list', async () => {
+    const tenantId = randomUUID();
+    for (let i = 0; i < 2; i++) await (await callerAs(person(tenantId))).me();
+    const { nextCursor } = await (await callerAs(person(tenantId, { roles: ['Admin'] }))).org.members({ limit: 1 });
+    expect(nextCursor).toBeTypeOf('string');
+    const elsewhere = await callerAs(person(randomUUID(), { roles: ['Admin'] }));
+    await expectTRPCError(elsewhere.org.members({ cursor: nextCursor }), 'BAD_REQUEST');
   });
 
   it.each([{ limit: 0 }, { limit: 101 }, { limit: 2.5 }])('answers BAD_REQUEST to %j', async (input) => {

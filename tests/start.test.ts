@@ -45,7 +45,7 @@ async function waitForListening(child: ChildProcess): Promise<string> {
 const run = promisify(execFile);
 
 describe('the README start path', () => {
-  it('`npm start` serves /healthz, and a token from `npm run token` gets a `me` answer', async () => {
+  it('`npm start` serves /healthz, a token from `npm run token` gets a `me` answer, and `npm run demo` runs', async () => {
     // Its own process group, so the signal reaches npm and the server as Ctrl-C would.
     const child = spawn('npm', ['start'], { cwd: projectRoot, env: newcomerEnv(), detached: true });
     try {
@@ -60,6 +60,14 @@ describe('the README start path', () => {
       const token = stdout.trim();
       const me = await createApiClient({ url: `${url}/trpc`, getToken: () => token }).me.query();
       expect(me).toMatchObject({ role: 'admin', organization: { id: 'acme' }, user: { email: 'ada@example.com' } });
+
+      // The walk-through the README offers, against this fresh server.
+      const demo = await run('npm', ['run', '-s', 'demo', '--', '--url', url], { cwd: projectRoot, env: newcomerEnv() });
+      expect(demo.stdout).toContain('✓ one organization, two members');
+      expect(demo.stdout).toMatch(/page 3: "How does tRPC share types/);
+      expect(demo.stdout).toContain('✓ getSession: NOT_FOUND');
+      expect(demo.stdout).toContain('✓ Ada still has exactly her 5 messages');
+      expect(demo.stdout.trimEnd()).toMatch(/Done\.$/);
     } finally {
       process.kill(-child.pid!, 'SIGINT');
       await once(child, 'exit');

@@ -1,0 +1,148 @@
+// `npm run demo`: walks through the API with the typed client against a running server in local
+// identity mode (`npm start` in another terminal). Two people of a new organization sign in;
+// one chats; the other is shown that the first one's session does not exist for them.
+import { randomBytes } from 'node:crypto';
+import { parseArgs } from 'node:util';
+import { TRPCClientError } from '@trpc/client';
+import { type ApiClient, type AppRouter, createApiClient } from '../client/index.js';
+import { loadOrCreateLocalSigningKey, mintLocalToken } from '../server/auth/local-identity.js';
+import { ConfigError, loadConfig } from '../server/config.js';
+
+const usage = 'Usage: npm run demo -- [--url http://127.0.0.1:3000]';
+
+function fail(message: string): never {
+  process.stderr.write(`\n✗ ${message}\n`);
+  process.exit(1);
+}
+
+const say = (line = '') => process.stdout.write(`${line}\n`);
+const step = (n: number, title: string) => say(`\n${n}. ${title}`);
+const check = (ok: boolean, what: string) => (ok ? say(`   ✓ ${what}`) : fail(what));
+
+const { values: args } = parseArgs({ options: { url: { type: 'string' }, help: { type: 'boolean', short: 'h' } } });
+if (args.help) {
+  say(usage);
+  process.exit(0);
+}
+
+let config;
+try {
+  config = loadConfig();
+} catch (error) {
+  if (error instanceof ConfigError) fail(error.message);
+  throw error;
+}
+if (config.identity.mode !== 'local') {
+  fail('The demo mints its own tokens, so it needs the server in local identity mode (no FRONTEGG_* settings).');
+}
+const base = (args.url ?? `http://127.0.0.1:${config.port || 3000}`).replace(/\/+$/, '');
+
+try {
+  const health = await fetch(`${base}/healthz`);
+  if (!health.ok) throw new Error(`/healthz answered ${health.status}`);
+} catch {
+  fail(`No server answers at ${base}. Start one with \`npm start\` in another terminal, or pass --url.`);
+}
+
+const key = await loadOrCreateLocalSigningKey(config.identity.keyFile);
+const organization = `demo-${randomBytes(3).toString('hex')}`;
+
+async function signIn(email: string, name: string, roles: string[]): Promise<ApiClient> {
+  const token = await mintLocalToken(key, { email, name, tenantId: organization, roles, expiresInSeconds: 600 });
+  return createApiClient({ url: `${base}/trpc`, getToken: () => token });
+}
+
+/** The tRPC error code of a refused call, or null when it succeeded. */
+async function refusal(call: Promise<unknown>): Promise<string | null> {
+  try {
+    await call;
+    return null;
+  } catch (error) {
+    if (error instanceof TRPCClientError) return (error as TRPCClientError<AppRouter>).data?.code ?? error.message;
+    throw error;
+  }
+}
+
+const short = (id: string) => id.slice(0, 8);
+
+say(`Chat API demo against ${base}/trpc`);
+
+step(1, `Two people of organization "${organization}" sign in; the first request provisions them (me)`);
+const ada = await signIn('ada@example.com', 'Ada Lovelace', ['Admin']);
+const grace = await signIn('grace@example.com', 'Grace Hopper', []);
+let adaMe;
+try {
+  adaMe = await ada.me.query();
+} catch (error) {
+  if (error instanceof TRPCClientError && error.data?.code === 'UNAUTHORIZED') {
+    fail(
+      `The server refused a local token (${error.message}). Is it in local identity mode, with the same ` +
+        'LOCAL_IDENTITY_KEY_FILE as this shell?',
+    );
+  }
+  throw error;
+}
+const graceMe = await grace.me.query();
+for (const me of [adaMe, graceMe]) {
+  say(`   ${me.user.name} <${me.user.email}>: user ${me.user.id}, ${me.role} of "${me.organization.name}" (${me.organization.id})`);
+}
+check(adaMe.organization.id === graceMe.organization.id, 'one organization, two members');
+
+step(2, "Ada's active session (getActiveSession creates one on first call)");
+const session = await ada.chat.getActiveSession.query();
+say(`   "${session.title}" ${short(session.id)}…, active: ${session.isActive}`);
+check((await ada.chat.getActiveSession.query()).id === session.id, 'asking again returns the same session');
+
+step(3, 'Ada sends five messages (sendMessage)');
+const questions = [
+  'How does tRPC share types between the server and the frontend?',
+  'And where does Drizzle fit in?',
+  'Can two browser tabs create two active sessions at once?',
+  'What happens when my colleague guesses my session id?',
+  'Thanks!',
+];
+for (const content of questions) {
+  const message = await ada.chat.sendMessage.mutate({ sessionId: session.id, content });
+  say(`   → ${message.createdAt.toISOString()} ${message.role}: ${content}`);
+}
+const titled = await ada.chat.getSession.query({ sessionId: session.id });
+say(`   The first message titled the session: "${titled.title}"`);
+
+step(4, 'Paging back through the conversation, two messages a page (listMessages)');
+let cursor: string | null = null;
+let page = 0;
+do {
+  const result: Awaited<ReturnType<typeof ada.chat.listMessages.query>> = await ada.chat.listMessages.query({
+    sessionId: session.id,
+    limit: 2,
+    cursor,
+  });
+  page += 1;
+  say(`   page ${page}: ${result.items.map((m) => JSON.stringify(m.content)).join(', ')}`);
+  cursor = result.nextCursor;
+} while (cursor);
+say('   (nextCursor null: the start of the conversation)');
+
+step(5, 'Ada renames the session and starts another (renameSession, createSession, listSessions)');
+await ada.chat.renameSession.mutate({ sessionId: session.id, title: 'Stack questions' });
+await ada.chat.createSession.mutate({ title: 'Holiday plans' });
+for (const listed of (await ada.chat.listSessions.query()).items) {
+  say(`   ${listed.isActive ? '●' : '○'} "${listed.title}" ${short(listed.id)}…, last activity ${listed.updatedAt.toISOString()}`);
+}
+
+step(6, "Grace, in the same organization, tries Ada's session");
+check((await refusal(grace.chat.getSession.query({ sessionId: session.id }))) === 'NOT_FOUND', 'getSession: NOT_FOUND');
+check(
+  (await refusal(grace.chat.sendMessage.mutate({ sessionId: session.id, content: 'Hi Ada' }))) === 'NOT_FOUND',
+  'sendMessage: NOT_FOUND, nothing stored',
+);
+check(
+  (await refusal(grace.chat.listMessages.query({ sessionId: session.id }))) === 'NOT_FOUND',
+  'listMessages: NOT_FOUND',
+);
+const gracesSessions = (await grace.chat.listSessions.query()).items;
+check(gracesSessions.length === 0, 'her session list is empty: none of Ada’s sessions shows up');
+const adaMessages = await ada.chat.listMessages.query({ sessionId: session.id });
+check(adaMessages.items.length === questions.length, `Ada still has exactly her ${questions.length} messages`);
+
+say('\nDone.');

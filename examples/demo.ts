@@ -6,7 +6,7 @@ import { parseArgs } from 'node:util';
 import { TRPCClientError } from '@trpc/client';
 import { type ApiClient, type AppRouter, createApiClient } from '../client/index.js';
 import { loadOrCreateLocalSigningKey, mintLocalToken } from '../server/auth/local-identity.js';
-import { ConfigError, loadConfig } from '../server/config.js';
+import { ConfigError, loadLocalIdentityConfig } from '../server/config.js';
 
 const usage = 'Usage: npm run demo -- [--url http://127.0.0.1:3000]';
 
@@ -25,15 +25,13 @@ if (args.help) {
   process.exit(0);
 }
 
+// The demo mints its tokens as `npm run token` does, so it needs the server in local identity mode.
 let config;
 try {
-  config = loadConfig();
+  config = loadLocalIdentityConfig();
 } catch (error) {
   if (error instanceof ConfigError) fail(error.message);
   throw error;
-}
-if (config.identity.mode !== 'local') {
-  fail('The demo mints its own tokens, so it needs the server in local identity mode (no FRONTEGG_* settings).');
 }
 const base = (args.url ?? `http://127.0.0.1:${config.port || 3000}`).replace(/\/+$/, '');
 

@@ -77,6 +77,23 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   };
 }
 
+/**
+ * The configuration for a command that mints local tokens (`npm run token`, `npm run demo`): the
+ * same environment as the server's, refused when the server verifies Frontegg tokens instead.
+ */
+export function loadLocalIdentityConfig(
+  env: NodeJS.ProcessEnv = process.env,
+): Config & { identity: Extract<IdentityConfig, { mode: 'local' }> } {
+  const config = loadConfig(env);
+  const { identity } = config;
+  if (identity.mode !== 'local') {
+    throw new ConfigError(
+      'The server is configured for a Frontegg environment, so it accepts no local tokens: sign in through Frontegg.',
+    );
+  }
+  return { ...config, identity };
+}
+
 function identityConfig(vars: z.infer<typeof envSchema>): IdentityConfig {
   const issuer = vars.FRONTEGG_ISSUER ?? vars.FRONTEGG_BASE_URL;
   const jwksUrl =

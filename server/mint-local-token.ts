@@ -2,7 +2,7 @@
 // server in local identity mode accepts. Only a command on this machine can mint: no HTTP endpoint does.
 import { parseArgs } from 'node:util';
 import { loadOrCreateLocalSigningKey, mintLocalToken } from './auth/local-identity.js';
-import { ConfigError, loadConfig } from './config.js';
+import { ConfigError, loadLocalIdentityConfig } from './config.js';
 
 const usage = `Usage: npm run token -- --email <email> [--tenant <tenant id>] [--role <Frontegg role>]...
                        [--name <name>] [--user-id <id>] [--expires-in <seconds>]`;
@@ -39,13 +39,10 @@ if (!Number.isInteger(expiresInSeconds) || expiresInSeconds <= 0) fail('--expire
 
 let config;
 try {
-  config = loadConfig();
+  config = loadLocalIdentityConfig();
 } catch (error) {
   if (error instanceof ConfigError) fail(error.message);
   throw error;
-}
-if (config.identity.mode !== 'local') {
-  fail('The server is configured for a Frontegg environment: sign in through Frontegg to get a token.');
 }
 
 const key = await loadOrCreateLocalSigningKey(config.identity.keyFile);

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
-import { TRPCClientError } from '@trpc/client';
 import { afterAll, beforeAll, describe, expect, expectTypeOf, it } from 'vitest';
-import { type AppRouter, type RouterInputs, type RouterOutputs, createApiClient } from '../../client/index.js';
+import { type RouterInputs, type RouterOutputs, createApiClient } from '../../client/index.js';
+import { clientError } from '../support/errors.js';
 import { type TestApp, startHttpServer, startTestApp } from '../support/test-app.js';
 
 let app: TestApp;
@@ -15,14 +15,6 @@ afterAll(async () => {
   await app.close();
 });
 
-async function clientError(promise: Promise<unknown>) {
-  const error = await promise.then(
-    () => null,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(TRPCClientError);
-  return error as TRPCClientError<AppRouter>;
-}
 
 /** A typed client that counts the HTTP requests it sends. */
 function countingClient(token: string) {

@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
-import { TRPCError } from '@trpc/server';
 import { and, count, eq } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chatMessages, chatSessions, organizationMembers } from '../../db/schema.js';
 import { whileInsertsFail } from '../support/database.js';
+import { expectTRPCError } from '../support/errors.js';
 import { type TestApp, startTestApp } from '../support/test-app.js';
 
 let app: TestApp;
@@ -25,15 +25,6 @@ async function callerAs(person: Person) {
   return app.callerFor(await app.idp.mintToken({ claims: { sub: person.sub, tenantId: person.tenantId } }));
 }
 
-async function expectTRPCError(promise: Promise<unknown>, code: TRPCError['code']) {
-  const error = await promise.then(
-    () => null,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(TRPCError);
-  expect((error as TRPCError).code).toBe(code);
-  return error as TRPCError;
-}
 
 /** The stored session row and its message count, to show that a refused call changed nothing. */
 async function storedState(sessionId: string) {

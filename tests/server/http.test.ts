@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
-import { TRPCClientError } from '@trpc/client';
 import { afterAll, beforeAll, describe, expect, expectTypeOf, it } from 'vitest';
-import { type AppRouter, type RouterOutputs, createApiClient } from '../../client/index.js';
+import { type RouterOutputs, createApiClient } from '../../client/index.js';
 import { openDatabase } from '../../db/database.js';
 import { whileInsertsFail } from '../support/database.js';
+import { clientError } from '../support/errors.js';
 import { type TestApp, startHttpServer, startTestApp } from '../support/test-app.js';
 
 let app: TestApp;
@@ -22,14 +22,6 @@ function admin(tenantId: string) {
   return app.idp.mintToken({ claims: { tenantId, roles: ['Admin'] } });
 }
 
-async function clientError(promise: Promise<unknown>) {
-  const error = await promise.then(
-    () => null,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(TRPCClientError);
-  return error as TRPCClientError<AppRouter>;
-}
 
 describe('health endpoints', () => {
   it('/healthz answers 200 while the process runs', async () => {

@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto';
-import { TRPCError } from '@trpc/server';
 import { and, asc, eq } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { organizationMembers } from '../../db/schema.js';
+import { expectTRPCError } from '../support/errors.js';
 import { type TestApp, startTestApp } from '../support/test-app.js';
 
 let app: TestApp;
@@ -19,15 +19,6 @@ async function callerAs(claims: Record<string, unknown>) {
   return app.callerFor(await app.idp.mintToken({ claims }));
 }
 
-async function expectTRPCError(promise: Promise<unknown>, code: TRPCError['code']) {
-  const error = await promise.then(
-    () => null,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(TRPCError);
-  expect((error as TRPCError).code).toBe(code);
-  return error as TRPCError;
-}
 
 describe('me', () => {
   it('returns the provisioned user, organization and role', async () => {

@@ -22,19 +22,20 @@ const loneSurrogate = /\p{Surrogate}/u;
 
 /**
  * Text PostgreSQL can store as given: no NUL (text columns refuse it) and no lone UTF-16
- * surrogate (it would be stored as U+FFFD, changing what was sent).
+ * surrogate (it would be stored as U+FFFD, changing what was sent). With `trim`, the limits
+ * apply to the trimmed text, which is what gets stored.
  */
-function storableText({ max, label }: { max: number; label: string }) {
-  return z
-    .string()
+function storableText({ max, label, trim }: { max: number; label: string; trim: boolean }) {
+  return (trim ? z.string().trim() : z.string())
     .refine((value) => !loneSurrogate.test(value), `${label} is not valid Unicode text`)
     .refine((value) => !value.includes('\u0000'), `${label} must not contain NUL characters`)
     .refine((value) => value.trim().length > 0, `${label} must not be empty`)
     .refine((value) => characters(value) <= max, `${label} must be at most ${max} characters`);
 }
 
-const title = storableText({ max: 200, label: 'Title' }).transform((value) => value.trim());
-const content = storableText({ max: 32_000, label: 'Content' });
+const title = storableText({ max: 200, label: 'Title', trim: true });
+// Stored as sent: leading spaces or newlines can matter in a message (code, lists).
+const content = storableText({ max: 32_000, label: 'Content', trim: false });
 const sessionId = z.uuid();
 const cursor = z.string().max(512).nullish();
 

@@ -162,10 +162,10 @@ describe('chat.createSession', () => {
     expect(await activeSessionIds(person)).toEqual([]);
   });
 
-  it('counts title length in characters: 200 emoji fit', async () => {
+  it('counts title length in characters after trimming: 200 emoji fit, with spaces around them', async () => {
     const caller = await callerAs(newPerson());
     const title = '😀'.repeat(200);
-    expect(await caller.chat.createSession({ title })).toMatchObject({ title });
+    expect(await caller.chat.createSession({ title: `  ${title}  ` })).toMatchObject({ title });
   });
 });
 

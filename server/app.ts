@@ -1,11 +1,10 @@
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { openDatabase } from '../db/database.js';
-import { getOrCreateServerSecret } from '../db/server-secrets.js';
 import { type AccessTokenVerifier, createAccessTokenVerifier, createFronteggKeySet } from './auth/access-token.js';
 import { LOCAL_AUDIENCE, LOCAL_ISSUER, createLocalKeySet, loadOrCreateLocalSigningKey } from './auth/local-identity.js';
 import type { Config, IdentityConfig } from './config.js';
-import { CURSOR_SECRET_NAME, createCursorCodec } from './cursor.js';
+import { createSharedCursorCodec } from './cursor.js';
 import { createHttpServer } from './http.js';
 import type { Logger } from './logger.js';
 
@@ -25,7 +24,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     db: database.db,
     log,
     verifyAccessToken: await createConfiguredVerifier(config.identity, log),
-    cursors: createCursorCodec(await getOrCreateServerSecret(database.db, { name: CURSOR_SECRET_NAME })),
+    cursors: await createSharedCursorCodec(database.db),
     pingDatabase: database.ping,
   });
   server.listen(config.port, config.host);

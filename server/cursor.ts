@@ -1,6 +1,8 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { TRPCError } from '@trpc/server';
 import type { z } from 'zod';
+import type { Database } from '../db/database.js';
+import { getOrCreateServerSecret } from '../db/server-secrets.js';
 
 /**
  * Opaque paging cursors: base64url JSON of the last row's sort key, signed with a secret the
@@ -15,8 +17,10 @@ export interface CursorCodec {
 
 const MAC_BYTES = 16;
 
-/** The name of the cursor-signing secret in `server_secrets`. */
-export const CURSOR_SECRET_NAME = 'cursor-signing';
+/** The codec of every instance on this database: they share the signing secret it keeps. */
+export async function createSharedCursorCodec(db: Database): Promise<CursorCodec> {
+  return createCursorCodec(await getOrCreateServerSecret(db, { name: 'cursor-signing' }));
+}
 
 export function createCursorCodec(secret: Buffer): CursorCodec {
   const sign = (scope: string, payload: string) =>

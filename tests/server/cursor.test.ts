@@ -2,7 +2,9 @@ import { randomBytes } from 'node:crypto';
 import { TRPCError } from '@trpc/server';
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import { createCursorCodec } from '../../server/cursor.js';
+import { getOrCreateServerSecret } from '../../db/server-secrets.js';
+import { createCursorCodec, createSharedCursorCodec } from '../../server/cursor.js';
+import { openTestDatabase } from '../support/database.js';
 
 const position = z.object({ at: z.iso.datetime().transform((value) => new Date(value)), id: z.string() });
 const codec = createCursorCodec(randomBytes(32));
@@ -51,5 +53,24 @@ describe('paging cursors', () => {
 
   it('refuse a genuine signature over a key of the wrong shape', () => {
     expectRefused(codec.encode('list:a', { at: 'yesterday', id: 1 }));
+  });
+
+  it('are understood by every instance on one database, also when the instances start together', async () => {
+    const database = await openTestDatabase();
+    try {
+      const instances = await Promise.all(Array.from({ length: 4 }, () => createSharedCursorCodec(database.db)));
+      const cursor = instances[0]!.encode('list:a', key);
+      for (const instance of instances) expect(instance.decode('list:a', position, cursor)).toEqual(key);
+      // A restart reads the same secret, so cursors handed out before it still work.
+      expect((await createSharedCursorCodec(database.db)).decode('list:a', position, cursor)).toEqual(key);
+
+      // The first start on a database: concurrent creators of a new secret all end up with the winner's.
+      const name = `test-${randomBytes(6).toString('hex')}`;
+      const secrets = await Promise.all(Array.from({ length: 8 }, () => getOrCreateServerSecret(database.db, { name })));
+      expect(new Set(secrets.map((secret) => secret.toString('hex'))).size).toBe(1);
+      expect(secrets[0]).toHaveLength(32);
+    } finally {
+      await database.close();
+    }
   });
 });

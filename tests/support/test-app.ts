@@ -3,9 +3,8 @@ import type { AddressInfo } from 'node:net';
 import { pino } from 'pino';
 import { createApiClient } from '../../client/index.js';
 import { createAccessTokenVerifier, createFronteggKeySet } from '../../server/auth/access-token.js';
-import { getOrCreateServerSecret } from '../../db/server-secrets.js';
 import { type ServerDeps, authenticate, createInnerContext } from '../../server/context.js';
-import { CURSOR_SECRET_NAME, createCursorCodec } from '../../server/cursor.js';
+import { createSharedCursorCodec } from '../../server/cursor.js';
 import { createHttpServer } from '../../server/http.js';
 import { createCaller } from '../../server/root.js';
 import { openTestDatabase } from './database.js';
@@ -28,7 +27,7 @@ export async function startTestApp() {
       issuer: idp.issuer,
       audience: [idp.audience],
     }),
-    cursors: createCursorCodec(await getOrCreateServerSecret(database.db, { name: CURSOR_SECRET_NAME })),
+    cursors: await createSharedCursorCodec(database.db),
   };
 
   /** A `createCaller` caller whose context is built from this token exactly as for an HTTP request. */

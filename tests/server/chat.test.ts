@@ -60,6 +60,41 @@ const sessionShape = {
   updatedAt: expect.any(Date),
 };
 
+describe('every chat procedure', () => {
+  type Caller = Awaited<ReturnType<typeof callerAs>>;
+  const calls: [string, (caller: Caller, sessionId: string) => Promise<unknown>][] = [
+    ['getActiveSession', (c) => c.chat.getActiveSession()],
+    ['createSession', (c) => c.chat.createSession({ title: 'x' })],
+    ['listSessions', (c) => c.chat.listSessions()],
+    ['getSession', (c, sessionId) => c.chat.getSession({ sessionId })],
+    ['setActiveSession', (c, sessionId) => c.chat.setActiveSession({ sessionId })],
+    ['renameSession', (c, sessionId) => c.chat.renameSession({ sessionId, title: 'x' })],
+    ['deleteSession', (c, sessionId) => c.chat.deleteSession({ sessionId })],
+    ['sendMessage', (c, sessionId) => c.chat.sendMessage({ sessionId, content: 'x' })],
+    ['listMessages', (c, sessionId) => c.chat.listMessages({ sessionId })],
+  ];
+
+  it.each(calls)('%s answers UNAUTHORIZED without a valid token', async (_, call) => {
+    await expectTRPCError(call(await app.callerFor(undefined), randomUUID()), 'UNAUTHORIZED');
+    await expectTRPCError(call(await app.callerFor('not.a.token'), randomUUID()), 'UNAUTHORIZED');
+  });
+
+  it.each(calls)('%s answers FORBIDDEN to a deactivated member, and changes nothing', async (_, call) => {
+    const person = newPerson();
+    const caller = await callerAs(person);
+    const session = await caller.chat.getActiveSession();
+    await caller.chat.sendMessage({ sessionId: session.id, content: 'before' });
+    const before = await storedState(session.id);
+    await app.db
+      .update(organizationMembers)
+      .set({ isActive: false })
+      .where(and(eq(organizationMembers.userId, person.sub), eq(organizationMembers.organizationId, person.tenantId)));
+    await expectTRPCError(call(await callerAs(person), session.id), 'FORBIDDEN');
+    expect(await storedState(session.id)).toEqual(before);
+    expect(await activeSessionIds(person)).toEqual([session.id]);
+  });
+});
+
 describe('chat.getActiveSession', () => {
   it('creates a `New Chat` session on first call, logs it, and returns the same one afterwards', async () => {
     const person = newPerson();
@@ -94,17 +129,6 @@ describe('chat.getActiveSession', () => {
     const inB = await (await callerAs({ ...person, tenantId: randomUUID() })).chat.getActiveSession();
     expect(inA.id).not.toBe(inB.id);
     expect(await (await callerAs(person)).chat.getActiveSession()).toEqual(inA);
-  });
-
-  it('answers UNAUTHORIZED without a token and FORBIDDEN for a deactivated member', async () => {
-    await expectTRPCError((await app.callerFor(undefined)).chat.getActiveSession(), 'UNAUTHORIZED');
-    const person = newPerson();
-    await (await callerAs(person)).chat.getActiveSession();
-    await app.db
-      .update(organizationMembers)
-      .set({ isActive: false })
-      .where(and(eq(organizationMembers.userId, person.sub), eq(organizationMembers.organizationId, person.tenantId)));
-    await expectTRPCError((await callerAs(person)).chat.getActiveSession(), 'FORBIDDEN');
   });
 });
 

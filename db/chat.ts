@@ -104,9 +104,9 @@ export function createActiveSession(db: Database, owner: SessionOwner & { title?
 /** Makes the session the owner's only active one; `undefined` when the owner has no such session. */
 export function activateSessionById(db: Database, { id, ...owner }: SessionOwner & { id: string }) {
   return changeActiveSession(db, owner, async (tx) => {
-    const [target] = await tx.select({ isActive: chatSessions.isActive }).from(chatSessions).where(ownedSession(owner, id));
-    if (!target) return undefined;
-    if (!target.isActive) await deactivateSessions(tx, owner);
+    const [target] = await tx.select(sessionColumns).from(chatSessions).where(ownedSession(owner, id));
+    if (!target || target.isActive) return target;
+    await deactivateSessions(tx, owner);
     const [session] = await tx
       .update(chatSessions)
       .set({ isActive: true })

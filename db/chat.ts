@@ -1,6 +1,7 @@
-import { and, desc, eq, getTableColumns, sql } from 'drizzle-orm';
+import { and, desc, eq, sql } from 'drizzle-orm';
 import type { Database } from './database.js';
 import { isUniqueViolation } from './errors.js';
+import { readOrInsert } from './read-or-insert.js';
 import { DEFAULT_SESSION_TITLE, type MessageRole, chatMessages, chatSessions, organizationMembers } from './schema.js';
 
 /**
@@ -41,46 +42,18 @@ const ownedBy = (owner: SessionOwner) =>
 
 const ownedSession = (owner: SessionOwner, id: string) => and(eq(chatSessions.id, id), ownedBy(owner));
 
-// True only for a row this statement inserted: an updated row carries the updating transaction in xmax.
-const createdNow = sql<boolean>`(xmax = 0)`;
-
 /**
- * The owner's active session, created when there is none, in one statement. An existing one is
- * only read. When concurrent first calls race, the partial unique index lets one insert win;
- * ON CONFLICT makes the others wait for it and return its row (a no-op update, since DO NOTHING
- * would return no row).
+ * The owner's active session, created when there is none, in one statement. When concurrent first
+ * calls race, the partial unique index lets one insert win and the others return its row.
  */
 export async function getOrCreateActiveSession(db: Database, owner: SessionOwner) {
-  const existing = db.$with('existing').as(
-    db
-      .select({ ...getTableColumns(chatSessions), created: sql<boolean>`false`.as('created') })
-      .from(chatSessions)
-      .where(and(ownedBy(owner), eq(chatSessions.isActive, true))),
-  );
-  const returned = { ...getTableColumns(chatSessions), created: createdNow.as('created') };
-  const inserted = db.$with('inserted', returned).as(
-    sql`insert into ${chatSessions} (user_id, organization_id)
-      select ${owner.userId}, ${owner.organizationId}
-      where not exists (select from ${existing})
-      on conflict (user_id, organization_id) where is_active do update set is_active = ${chatSessions.isActive}
-      returning *, ${createdNow} as created`,
-  );
-  // Data-modifying CTEs must sit at the top level, so the union is a CTE of its own.
-  const active = db.$with('active', returned).as(sql`select * from ${existing} union all select * from ${inserted}`);
-  const [row] = await db
-    .with(existing, inserted, active)
-    .select({
-      id: active.id,
-      title: active.title,
-      isActive: active.isActive,
-      createdAt: active.createdAt,
-      updatedAt: active.updatedAt,
-      created: active.created,
-    })
-    .from(active);
-  if (!row) throw new Error('the active-session statement returned no row');
-  const { created, ...session } = row;
-  return { session, created };
+  const { id, title, isActive, createdAt, updatedAt, created } = await readOrInsert(db, chatSessions, {
+    where: and(ownedBy(owner), eq(chatSessions.isActive, true))!,
+    columns: sql`user_id, organization_id`,
+    values: sql`${owner.userId}, ${owner.organizationId}`,
+    onConflict: sql`on conflict (user_id, organization_id) where is_active do update set is_active = ${chatSessions.isActive}`,
+  });
+  return { session: { id, title, isActive, createdAt, updatedAt }, created };
 }
 
 /** A new session, made the owner's only active one in the same transaction. */

@@ -3,6 +3,7 @@ import { eq, getTableColumns, sql } from 'drizzle-orm';
 import type { AnyPgColumn } from 'drizzle-orm/pg-core';
 import type { Database } from './database.js';
 import { isUniqueViolation } from './errors.js';
+import { createdNow, readOrInsert } from './read-or-insert.js';
 import {
   type MemberRole,
   type Organization,
@@ -90,20 +91,15 @@ export async function provisionIdentity(db: Database, claims: IdentityClaims): P
   throw new Error('unreachable: the last slug candidate either returns or throws');
 }
 
-// True only for a row this statement inserted: an updated row carries the updating transaction in xmax.
-const createdNow = sql<boolean>`(xmax = 0)`;
-
 async function provisionInTransaction(
   tx: Database,
   claims: IdentityClaims,
   slug: string,
 ): Promise<ProvisionedIdentity> {
-  const [organizationRow] = await upsertOrganization(tx, claims, slug);
+  const organizationRow = await upsertOrganization(tx, claims, slug);
   const [userRow] = await upsertUser(tx, claims);
-
   const [membershipRow] = await upsertMembership(tx, claims);
-
-  if (!organizationRow || !userRow || !membershipRow) {
+  if (!userRow || !membershipRow) {
     throw new Error('an upsert with RETURNING returned no row');
   }
   const { created: organizationCreated, ...organization } = organizationRow;
@@ -118,31 +114,17 @@ async function provisionInTransaction(
 }
 
 /**
- * One statement that returns the tenant's organization, inserting it when it is new. An existing
- * organization is only read, so the users of one tenant never queue behind a lock on its row.
- * When two first requests race, ON CONFLICT makes the loser wait for the winner and return the
- * winner's row (a no-op update, since DO NOTHING would return no row). The name is set on
- * creation only: there is no tenant-name claim, so the first user seen names the organization.
+ * The tenant's organization, inserted when it is new. An existing organization is only read, so
+ * the users of one tenant never queue behind a lock on its row. The name is set on creation only:
+ * there is no tenant-name claim, so the first user seen names the organization.
  */
 function upsertOrganization(tx: Database, claims: IdentityClaims, slug: string) {
-  const existing = tx.$with('existing').as(
-    tx
-      .select({ ...getTableColumns(organizations), created: sql<boolean>`false`.as('created') })
-      .from(organizations)
-      .where(eq(organizations.id, claims.tenantId)),
-  );
-  const inserted = tx.$with('inserted', { ...getTableColumns(organizations), created: createdNow.as('created') }).as(
-    sql`insert into ${organizations} (id, name, slug, s3_bucket_name)
-      select ${claims.tenantId}, ${claims.name || claims.email || slug}, ${slug}, ${`org-${slug}`}
-      where not exists (select from ${existing})
-      on conflict (id) do update set name = ${organizations.name}
-      returning *, ${createdNow} as created`,
-  );
-  // Data-modifying CTEs must sit at the top level, so the union is a CTE of its own.
-  const organization = tx
-    .$with('organization', { ...getTableColumns(organizations), created: createdNow.as('created') })
-    .as(sql`select * from ${existing} union all select * from ${inserted}`);
-  return tx.with(existing, inserted, organization).select().from(organization);
+  return readOrInsert(tx, organizations, {
+    where: eq(organizations.id, claims.tenantId),
+    columns: sql`id, name, slug, s3_bucket_name`,
+    values: sql`${claims.tenantId}, ${claims.name || claims.email || slug}, ${slug}, ${`org-${slug}`}`,
+    onConflict: sql`on conflict (id) do update set name = ${organizations.name}`,
+  });
 }
 
 function upsertUser(tx: Database, claims: IdentityClaims) {

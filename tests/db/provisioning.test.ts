@@ -9,7 +9,7 @@ import {
   provisionIdentity,
 } from '../../db/provisioning.js';
 import { organizationMembers, organizations, users } from '../../db/schema.js';
-import { openTestDatabase, whileInsertsFail } from '../support/database.js';
+import { deactivateMembership, openTestDatabase, whileInsertsFail } from '../support/database.js';
 
 let database: DatabaseHandle;
 beforeAll(async () => {
@@ -189,10 +189,7 @@ describe('provisionIdentity', () => {
   it('leaves a deactivated membership deactivated', async () => {
     const claims = identity();
     await provisionIdentity(database.db, claims);
-    await database.db
-      .update(organizationMembers)
-      .set({ isActive: false })
-      .where(eq(organizationMembers.userId, claims.userId));
+    await deactivateMembership(database.db, { userId: claims.userId, organizationId: claims.tenantId });
     expect((await provisionIdentity(database.db, claims)).membership.isActive).toBe(false);
   });
 

@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { and, count, eq } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { chatMessages, chatSessions, organizationMembers } from '../../db/schema.js';
-import { whileInsertsFail } from '../support/database.js';
+import { chatMessages, chatSessions } from '../../db/schema.js';
+import { deactivateMembership, whileInsertsFail } from '../support/database.js';
 import { expectTRPCError } from '../support/errors.js';
 import { type TestApp, startTestApp } from '../support/test-app.js';
 
@@ -85,10 +85,7 @@ describe('every chat procedure', () => {
     const session = await caller.chat.getActiveSession();
     await caller.chat.sendMessage({ sessionId: session.id, content: 'before' });
     const before = await storedState(session.id);
-    await app.db
-      .update(organizationMembers)
-      .set({ isActive: false })
-      .where(and(eq(organizationMembers.userId, person.sub), eq(organizationMembers.organizationId, person.tenantId)));
+    await deactivateMembership(app.db, { userId: person.sub, organizationId: person.tenantId });
     await expectTRPCError(call(await callerAs(person), session.id), 'FORBIDDEN');
     expect(await storedState(session.id)).toEqual(before);
     expect(await activeSessionIds(person)).toEqual([session.id]);

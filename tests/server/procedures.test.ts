@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
-import { and, asc, eq } from 'drizzle-orm';
+import { asc, eq } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { organizationMembers } from '../../db/schema.js';
+import { deactivateMembership } from '../support/database.js';
 import { expectTRPCError } from '../support/errors.js';
 import { type TestApp, startTestApp } from '../support/test-app.js';
 
@@ -58,10 +59,7 @@ describe('me', () => {
   it('answers FORBIDDEN for a deactivated membership', async () => {
     const claims = person(randomUUID());
     await (await callerAs(claims)).me();
-    await app.db
-      .update(organizationMembers)
-      .set({ isActive: false })
-      .where(and(eq(organizationMembers.userId, claims.sub), eq(organizationMembers.organizationId, claims.tenantId)));
+    await deactivateMembership(app.db, { userId: claims.sub, organizationId: claims.tenantId });
     const error = await expectTRPCError((await callerAs(claims)).me(), 'FORBIDDEN');
     expect(error.message).toMatch(/deactivated/);
   });

@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import { sql } from 'drizzle-orm';
+import { and, eq, sql } from 'drizzle-orm';
 import { inject } from 'vitest';
 import { type Database, type DatabaseHandle, openDatabase } from '../../db/database.js';
+import { organizationMembers } from '../../db/schema.js';
 
 /** This run's PostgreSQL database when DATABASE_URL is set, else a fresh in-memory PGlite. */
 export async function openTestDatabase(): Promise<DatabaseHandle> {
@@ -36,4 +37,12 @@ export async function whileInsertsFail<T>(
     await db.execute(sql.raw(`drop trigger ${name} on ${failure.table}`));
     await db.execute(sql.raw(`drop function ${name}()`));
   }
+}
+
+/** What an operator does to suspend someone in one organization: `is_active = false` on the membership. */
+export async function deactivateMembership(db: Database, { userId, organizationId }: { userId: string; organizationId: string }) {
+  await db
+    .update(organizationMembers)
+    .set({ isActive: false })
+    .where(and(eq(organizationMembers.userId, userId), eq(organizationMembers.organizationId, organizationId)));
 }

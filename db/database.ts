@@ -1,4 +1,5 @@
 import { mkdirSync } from 'node:fs';
+import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { PGlite } from '@electric-sql/pglite';
 import { sql } from 'drizzle-orm';
@@ -24,7 +25,15 @@ export interface DatabaseHandle {
 }
 
 export type DatabaseTarget =
-  | { kind: 'postgres'; url: string; maxConnections?: number }
+  | {
+      kind: 'postgres';
+      url: string;
+      poolSize?: number;
+      /** How long opening a connection may take before the query fails. */
+      connectTimeoutSeconds?: number;
+      /** PostgreSQL cancels a statement running longer than this (`statement_timeout`). */
+      statementTimeoutMs?: number;
+    }
   /** `dataDir` undefined keeps the database in memory (tests). */
   | { kind: 'pglite'; dataDir?: string };
 
@@ -37,14 +46,35 @@ export function openDatabase(target: DatabaseTarget): DatabaseHandle {
   return target.kind === 'postgres' ? openPostgres(target) : openPglite(target.dataDir);
 }
 
-function openPostgres({ url, maxConnections = 10 }: { url: string; maxConnections?: number }): DatabaseHandle {
-  const client = postgres(url, {
-    max: maxConnections,
-    connect_timeout: 5,
-    idle_timeout: 30,
+function openPostgres({
+  url,
+  poolSize = 10,
+  connectTimeoutSeconds = 5,
+  statementTimeoutMs = 5_000,
+}: Extract<DatabaseTarget, { kind: 'postgres' }>): DatabaseHandle {
+  // A live server answers every statement within statement_timeout (a result or an error), so
+  // a connection silent for longer than that is lost, not busy.
+  const silenceMs = statementTimeoutMs + 5_000;
+  // `socket` is documented in postgres.js's README but missing from its types, so the options go
+  // in as a variable (no excess-property check) rather than a literal.
+  const options = {
+    max: poolSize,
+    connect_timeout: connectTimeoutSeconds,
+    // Idle connections close before the silence limit can end them.
+    idle_timeout: Math.max(1, Math.floor(silenceMs / 2_000)),
+    // postgres.js waits this long before reconnecting after a failure, growing up to 20 s by
+    // default; capped at 1 s so requests fail fast in an outage and recover at once after it.
+    backoff: (retries: number) => Math.min(0.05 * 2 ** retries, 1),
+    socket: connectWithSilenceLimit(silenceMs),
     onnotice: () => {},
-    connection: { application_name: 'frontegg-trpc-chat' },
-  });
+    connection: {
+      application_name: 'frontegg-trpc-chat',
+      statement_timeout: statementTimeoutMs,
+      // A transaction whose client went away must not hold its locks for long.
+      idle_in_transaction_session_timeout: statementTimeoutMs * 2,
+    },
+  };
+  const client = postgres(url, options);
   const db = drizzlePostgres(client, { schema });
   return {
     db,
@@ -78,6 +108,25 @@ function openPglite(dataDir: string | undefined): DatabaseHandle {
     migrate: () => migratePglite(db, { migrationsFolder }),
     ping: () => ping(db),
     close: () => client.close(),
+  };
+}
+
+/**
+ * A socket factory for postgres.js that destroys a connection after `silenceMs` without a byte
+ * either way. Without it, a query on a connection whose server vanished (a failover, a dropped
+ * network path) would wait for TCP to give up: many minutes. The failed query then answers
+ * `SERVICE_UNAVAILABLE`, and the pool opens a new connection for the next one.
+ */
+function connectWithSilenceLimit(silenceMs: number) {
+  let next = 0;
+  return ({ host, port, path }: { host: string[]; port: number[]; path: string | false }) => {
+    const index = next++ % host.length;
+    const socket = path ? net.connect(path) : net.connect(port[index] ?? 5432, host[index]);
+    socket.setTimeout(silenceMs, () => {
+      const error = Object.assign(new Error(`No answer from the database for ${silenceMs} ms`), { code: 'ETIMEDOUT' });
+      socket.destroy(error);
+    });
+    return socket;
   };
 }
 

@@ -1,7 +1,8 @@
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { openDatabase } from '../db/database.js';
-import { type AccessTokenVerifier, createAccessTokenVerifier, createFronteggKeySet } from './auth/access-token.js';
+import { type AccessTokenVerifier, createAccessTokenVerifier } from './auth/access-token.js';
+import { createRemoteKeySet } from './auth/key-set.js';
 import { LOCAL_AUDIENCE, LOCAL_ISSUER, createLocalKeySet, loadOrCreateLocalSigningKey } from './auth/local-identity.js';
 import type { Config, IdentityConfig } from './config.js';
 import { createSharedCursorCodec } from './cursor.js';
@@ -49,7 +50,7 @@ async function createConfiguredVerifier(identity: IdentityConfig, log: Logger): 
   if (identity.mode === 'frontegg') {
     log.info({ issuer: identity.issuer, jwksUrl: identity.jwksUrl, audience: identity.audience }, 'Verifying Frontegg tokens');
     return createAccessTokenVerifier({
-      keySet: createFronteggKeySet(identity.jwksUrl),
+      keySet: createRemoteKeySet({ jwksUrl: identity.jwksUrl, ...identity.keySet, log }),
       issuer: identity.issuer,
       audience: identity.audience,
     });

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import type { DatabaseTarget } from '../db/database.js';
 
 const optionalString = z
   .string()
@@ -9,6 +10,14 @@ const optionalString = z
 const httpUrl = z
   .url({ protocol: /^https?$/, error: 'must be an http(s) URL' })
   .transform((value) => value.replace(/\/+$/, ''));
+
+/** A whole number within [min, max], with a default. */
+function wholeNumber(fallback: number, min: number, max: number) {
+  const message = `must be a whole number from ${min} to ${max}`;
+  return optionalString
+    .default(String(fallback))
+    .pipe(z.coerce.number<string>({ error: message }).int({ error: message }).min(min, { error: message }).max(max, { error: message }));
+}
 
 const envSchema = z.object({
   NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
@@ -29,6 +38,11 @@ const envSchema = z.object({
       .map((entry) => entry.trim())
       .filter(Boolean),
   ),
+  FRONTEGG_JWKS_MAX_AGE_SECONDS: wholeNumber(600, 1, 86_400),
+  FRONTEGG_JWKS_COOLDOWN_SECONDS: wholeNumber(30, 1, 3_600),
+  DATABASE_POOL_SIZE: wholeNumber(10, 1, 1_000),
+  DATABASE_CONNECT_TIMEOUT_SECONDS: wholeNumber(5, 1, 300),
+  DATABASE_STATEMENT_TIMEOUT_MS: wholeNumber(5_000, 100, 600_000),
   PORT: optionalString.default('3000').pipe(
     z.coerce
       .number<string>({ error: 'must be a port number (0-65535)' })
@@ -40,13 +54,19 @@ const envSchema = z.object({
 });
 
 export type IdentityConfig =
-  | { mode: 'frontegg'; issuer: string; jwksUrl: string; audience: string[] | undefined }
+  | {
+      mode: 'frontegg';
+      issuer: string;
+      jwksUrl: string;
+      audience: string[] | undefined;
+      keySet: { maxAgeMs: number; cooldownMs: number };
+    }
   | { mode: 'local'; keyFile: string };
 
 export interface Config {
   nodeEnv: 'development' | 'production' | 'test';
   logLevel: z.infer<typeof envSchema>['LOG_LEVEL'];
-  database: { kind: 'postgres'; url: string } | { kind: 'pglite'; dataDir: string };
+  database: DatabaseTarget;
   identity: IdentityConfig;
   port: number;
   host: string;
@@ -69,7 +89,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     nodeEnv: vars.NODE_ENV,
     logLevel: vars.LOG_LEVEL,
     database: vars.DATABASE_URL
-      ? { kind: 'postgres', url: vars.DATABASE_URL }
+      ? {
+          kind: 'postgres',
+          url: vars.DATABASE_URL,
+          poolSize: vars.DATABASE_POOL_SIZE,
+          connectTimeoutSeconds: vars.DATABASE_CONNECT_TIMEOUT_SECONDS,
+          statementTimeoutMs: vars.DATABASE_STATEMENT_TIMEOUT_MS,
+        }
       : { kind: 'pglite', dataDir: vars.PGLITE_DATA_DIR },
     identity: identityConfig(vars),
     port: vars.PORT,
@@ -100,7 +126,16 @@ function identityConfig(vars: z.infer<typeof envSchema>): IdentityConfig {
     vars.FRONTEGG_JWKS_URL ??
     (vars.FRONTEGG_BASE_URL ? `${vars.FRONTEGG_BASE_URL}/.well-known/jwks.json` : undefined);
   if (issuer && jwksUrl) {
-    return { mode: 'frontegg', issuer, jwksUrl, audience: vars.FRONTEGG_AUDIENCE };
+    return {
+      mode: 'frontegg',
+      issuer,
+      jwksUrl,
+      audience: vars.FRONTEGG_AUDIENCE,
+      keySet: {
+        maxAgeMs: vars.FRONTEGG_JWKS_MAX_AGE_SECONDS * 1000,
+        cooldownMs: vars.FRONTEGG_JWKS_COOLDOWN_SECONDS * 1000,
+      },
+    };
   }
   const partial = vars.FRONTEGG_ISSUER ?? vars.FRONTEGG_JWKS_URL ?? vars.FRONTEGG_AUDIENCE;
   if (partial) {

@@ -17,7 +17,7 @@ describe('migrations on start', () => {
     await admin.unsafe(`create database "${name}"`);
     const url = new URL(runUrl!);
     url.pathname = `/${name}`;
-    const instances = Array.from({ length: 4 }, () => openDatabase({ kind: 'postgres', url: url.toString(), maxConnections: 2 }));
+    const instances = Array.from({ length: 4 }, () => openDatabase({ kind: 'postgres', url: url.toString(), poolSize: 2 }));
     try {
       await Promise.all(instances.map((instance) => instance.migrate()));
       const fresh = postgres(url.toString(), { max: 1 });

@@ -26,8 +26,15 @@ describe('loadConfig', () => {
       issuer: 'https://app-abc.frontegg.com',
       jwksUrl: 'https://app-abc.frontegg.com/.well-known/jwks.json',
       audience: ['client-a', 'client-b'],
+      keySet: { maxAgeMs: 600_000, cooldownMs: 30_000 },
     });
-    expect(config.database).toEqual({ kind: 'postgres', url: 'postgres://app@db.internal:5432/chat' });
+    expect(config.database).toEqual({
+      kind: 'postgres',
+      url: 'postgres://app@db.internal:5432/chat',
+      poolSize: 10,
+      connectTimeoutSeconds: 5,
+      statementTimeoutMs: 5_000,
+    });
     expect([config.port, config.host]).toEqual([8080, '0.0.0.0']);
   });
 
@@ -41,7 +48,24 @@ describe('loadConfig', () => {
     expect(config.identity).toMatchObject({ issuer: 'https://auth.example.com', jwksUrl: 'https://keys.example.com/jwks.json' });
   });
 
+  it('reads the timeouts, pool size and key-set lifetimes', () => {
+    const config = loadConfig({
+      FRONTEGG_BASE_URL: 'https://app-abc.frontegg.com',
+      FRONTEGG_JWKS_MAX_AGE_SECONDS: '120',
+      FRONTEGG_JWKS_COOLDOWN_SECONDS: '5',
+      DATABASE_URL: 'postgres://app@db.internal:5432/chat',
+      DATABASE_POOL_SIZE: '25',
+      DATABASE_CONNECT_TIMEOUT_SECONDS: '2',
+      DATABASE_STATEMENT_TIMEOUT_MS: '1500',
+    });
+    expect(config.identity).toMatchObject({ keySet: { maxAgeMs: 120_000, cooldownMs: 5_000 } });
+    expect(config.database).toMatchObject({ poolSize: 25, connectTimeoutSeconds: 2, statementTimeoutMs: 1_500 });
+  });
+
   it.each([
+    [{ DATABASE_STATEMENT_TIMEOUT_MS: '0' }, 'Invalid configuration: DATABASE_STATEMENT_TIMEOUT_MS must be a whole number from 100 to 600000'],
+    [{ DATABASE_POOL_SIZE: 'many' }, /^Invalid configuration: DATABASE_POOL_SIZE must be a whole number/],
+    [{ FRONTEGG_JWKS_COOLDOWN_SECONDS: '1.5' }, /^Invalid configuration: FRONTEGG_JWKS_COOLDOWN_SECONDS must be a whole number/],
     [{ PORT: '70000' }, 'Invalid configuration: PORT must be a port number (0-65535)'],
     [{ DATABASE_URL: 'mysql://db/chat' }, 'Invalid configuration: DATABASE_URL must be a postgres:// or postgresql:// URL'],
     [{ FRONTEGG_BASE_URL: 'app-abc.frontegg.com' }, 'Invalid configuration: FRONTEGG_BASE_URL must be an http(s) URL'],

@@ -37,7 +37,7 @@ describe('health endpoints', () => {
   it('/readyz answers 503 when the database does not, while /healthz stays 200', async () => {
     // A PostgreSQL that is not there: nothing listens on port 9 of loopback.
     const unreachable = openDatabase({ kind: 'postgres', url: 'postgres://postgres@127.0.0.1:9/none' });
-    const down = await startHttpServer(app, unreachable.ping);
+    const down = await startHttpServer(app, { pingDatabase: unreachable.ping });
     try {
       const response = await fetch(`${down.url}/readyz`);
       expect(response.status).toBe(503);

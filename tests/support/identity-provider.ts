@@ -28,20 +28,36 @@ export interface TestIdentityProvider {
   issuer: string;
   audience: string;
   jwksUrl: string;
+  /** The key tokens are signed with unless `signWith` says otherwise. */
   key: SigningKey;
-  /** How many times the key set was fetched. */
+  /** How many times the key set was asked for, whatever the answer. */
   readonly keySetFetches: number;
+  /** Publishes these keys from now on (a rotation), instead of `key` alone. */
+  publish(keys: SigningKey[]): void;
+  /**
+   * How the key-set endpoint answers from now on: `up` with the keys, `error` with HTTP 503,
+   * `reset` by dropping the connection, `hang` never.
+   */
+  setKeySetState(state: KeySetState): void;
   mintToken(options?: MintOptions): Promise<string>;
   close(): Promise<void>;
 }
 
+export type KeySetState = 'up' | 'error' | 'reset' | 'hang';
+
 export async function startIdentityProvider(): Promise<TestIdentityProvider> {
   const key = await createSigningKey();
+  let published = [key];
+  let state: KeySetState = 'up';
   let keySetFetches = 0;
   const server = http.createServer((req, res) => {
     if (req.url !== '/.well-known/jwks.json') return res.writeHead(404).end();
     keySetFetches += 1;
-    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys: [key.publicJwk] }));
+    if (state === 'error') return res.writeHead(503).end();
+    if (state === 'reset') return req.socket.destroy();
+    if (state === 'hang') return;
+    const body = JSON.stringify({ keys: published.map((published) => published.publicJwk) });
+    res.writeHead(200, { 'content-type': 'application/json' }).end(body);
   });
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
@@ -56,6 +72,12 @@ export async function startIdentityProvider(): Promise<TestIdentityProvider> {
     key,
     get keySetFetches() {
       return keySetFetches;
+    },
+    publish(keys) {
+      published = keys;
+    },
+    setKeySetState(next) {
+      state = next;
     },
     mintToken({ claims = {}, header = {}, signWith = key, kid = key.kid } = {}) {
       const now = Math.floor(Date.now() / 1000);

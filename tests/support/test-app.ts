@@ -2,10 +2,11 @@ import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { pino } from 'pino';
 import { createApiClient } from '../../client/index.js';
-import { createAccessTokenVerifier, createFronteggKeySet } from '../../server/auth/access-token.js';
+import { createAccessTokenVerifier } from '../../server/auth/access-token.js';
+import { createRemoteKeySet } from '../../server/auth/key-set.js';
 import { type ServerDeps, authenticate, createInnerContext } from '../../server/context.js';
 import { createSharedCursorCodec } from '../../server/cursor.js';
-import { createHttpServer } from '../../server/http.js';
+import { type HttpServerDeps, createHttpServer } from '../../server/http.js';
 import { createCaller } from '../../server/root.js';
 import { openTestDatabase } from './database.js';
 import { startIdentityProvider } from './identity-provider.js';
@@ -23,17 +24,22 @@ export async function startTestApp() {
     db: database.db,
     log,
     verifyAccessToken: createAccessTokenVerifier({
-      keySet: createFronteggKeySet(idp.jwksUrl),
+      // The production defaults (FRONTEGG_JWKS_MAX_AGE_SECONDS, FRONTEGG_JWKS_COOLDOWN_SECONDS).
+      keySet: createRemoteKeySet({ jwksUrl: idp.jwksUrl, maxAgeMs: 600_000, cooldownMs: 30_000, log }),
       issuer: idp.issuer,
       audience: [idp.audience],
     }),
     cursors: await createSharedCursorCodec(database.db),
   };
 
-  /** A `createCaller` caller whose context is built from this token exactly as for an HTTP request. */
-  async function callerFor(token: string | undefined) {
-    const auth = await authenticate(deps, token === undefined ? undefined : `Bearer ${token}`);
-    return createCaller(createInnerContext(deps, auth));
+  /** A `createCaller` caller whose context is built from this header exactly as for an HTTP request. */
+  async function callerWithAuthorization(authorization: string | undefined) {
+    return createCaller(createInnerContext(deps, await authenticate(deps, authorization)));
+  }
+
+  /** The same, for `Authorization: Bearer <token>` (or no header when `token` is undefined). */
+  function callerFor(token: string | undefined) {
+    return callerWithAuthorization(token === undefined ? undefined : `Bearer ${token}`);
   }
 
   return {
@@ -43,6 +49,7 @@ export async function startTestApp() {
     deps,
     logs,
     callerFor,
+    callerWithAuthorization,
     async close() {
       await idp.close();
       await database.close();
@@ -52,9 +59,12 @@ export async function startTestApp() {
 
 export type TestApp = Awaited<ReturnType<typeof startTestApp>>;
 
-/** The HTTP server of `app` on a free loopback port, with the typed client a frontend uses. */
-export async function startHttpServer(app: TestApp, pingDatabase = app.database.ping) {
-  const server = createHttpServer({ ...app.deps, pingDatabase });
+/**
+ * The HTTP server of `app` on a free loopback port, with the typed client a frontend uses.
+ * `overrides` replaces parts, e.g. another database or key set.
+ */
+export async function startHttpServer(app: TestApp, overrides: Partial<HttpServerDeps> = {}) {
+  const server = createHttpServer({ ...app.deps, pingDatabase: app.database.ping, ...overrides });
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;

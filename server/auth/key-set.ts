@@ -1,0 +1,93 @@
+import { type JSONWebKeySet, type JWTVerifyGetKey, createLocalJWKSet, errors as joseErrors } from 'jose';
+import type { Logger } from '../logger.js';
+
+/** The key set could not be fetched, so a token's key cannot be known: our fault, not the caller's. */
+export class KeySetUnavailableError extends Error {
+  override name = 'KeySetUnavailableError';
+}
+
+export interface RemoteKeySetOptions {
+  jwksUrl: string;
+  /** After this long the keys are refetched in the background; until that succeeds they stay in use. */
+  maxAgeMs: number;
+  /** At most one fetch per this period, whatever triggers it (unknown `kid`s, expiry, failures). */
+  cooldownMs: number;
+  /** A fetch that has not answered by then counts as failed (default 5 s). */
+  timeoutMs?: number;
+  log: Logger;
+}
+
+/**
+ * The environment's key set (JWKS), picked by `kid` with jose's `createLocalJWKSet`. Unlike jose's
+ * `createRemoteJWKSet` it keeps serving the last good keys while the endpoint is down, also past
+ * `maxAgeMs`, and counts failed fetches against the cooldown, so neither an outage nor a flood of
+ * unknown `kid`s turns into a fetch per request.
+ */
+export function createRemoteKeySet({
+  jwksUrl,
+  maxAgeMs,
+  cooldownMs,
+  timeoutMs = 5_000,
+  log,
+}: RemoteKeySetOptions): JWTVerifyGetKey {
+  let keys: { getKey: ReturnType<typeof createLocalJWKSet>; fetchedAt: number } | undefined;
+  let lastAttemptAt = Number.NEGATIVE_INFINITY;
+  let lastAttemptFailed = false;
+  let pending: Promise<void> | undefined;
+
+  async function fetchKeys() {
+    lastAttemptAt = Date.now();
+    try {
+      const response = await fetch(jwksUrl, {
+        signal: AbortSignal.timeout(timeoutMs),
+        // A redirect could point anywhere; the configured URL is the only source of keys.
+        redirect: 'manual',
+        headers: { accept: 'application/jwk-set+json, application/json' },
+      });
+      if (response.status !== 200) throw new Error(`The key set endpoint answered HTTP ${response.status}`);
+      // createLocalJWKSet checks the shape and throws on anything that is not a key set.
+      keys = { getKey: createLocalJWKSet((await response.json()) as JSONWebKeySet), fetchedAt: Date.now() };
+      lastAttemptFailed = false;
+    } catch (error) {
+      lastAttemptFailed = true;
+      log.warn(
+        { err: error, jwksUrl, servingKeysFetchedAt: keys ? new Date(keys.fetchedAt) : null },
+        keys ? 'Could not refresh the signing key set; still using the last one fetched' : 'Could not fetch the signing key set',
+      );
+    }
+  }
+
+  /** Resolves after the fetch in flight, or a new one when the cooldown allows; else at once. */
+  function refresh(): Promise<void> {
+    if (!pending && Date.now() - lastAttemptAt >= cooldownMs) {
+      pending = fetchKeys().finally(() => {
+        pending = undefined;
+      });
+    }
+    return pending ?? Promise.resolve();
+  }
+
+  function unavailable(): never {
+    throw new KeySetUnavailableError('The signing key set could not be fetched');
+  }
+
+  return async (header, token) => {
+    if (!keys) {
+      await refresh();
+      if (!keys) unavailable();
+    } else if (Date.now() - keys.fetchedAt >= maxAgeMs) {
+      // Stale: refresh in the background and answer with the keys we have.
+      void refresh();
+    }
+    try {
+      return await keys.getKey(header, token);
+    } catch (error) {
+      if (!(error instanceof joseErrors.JWKSNoMatchingKey)) throw error;
+    }
+    // A `kid` we do not hold: perhaps a key published since the last fetch.
+    const before = keys;
+    await refresh();
+    if (keys === before && lastAttemptFailed) unavailable();
+    return keys.getKey(header, token);
+  };
+}

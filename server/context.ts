@@ -1,6 +1,6 @@
 import { TRPCError } from '@trpc/server';
 import type { Database } from '../db/database.js';
-import { provisionIdentity } from '../db/provisioning.js';
+import { type IdentityClaims, provisionIdentity } from '../db/provisioning.js';
 import type { Organization, OrganizationMember, User } from '../db/schema.js';
 import { AccessTokenError, type AccessTokenVerifier, parseBearerToken } from './auth/access-token.js';
 import type { CursorCodec } from './cursor.js';
@@ -16,51 +16,68 @@ export interface ServerDeps {
 }
 
 export type Auth =
-  | { status: 'signed-in'; user: User; organization: Organization; membership: OrganizationMember }
-  /** `error` is what a protected procedure answers: why this request has no identity. */
+  | { status: 'verified'; identity: IdentityClaims }
+  /** `error` is what a procedure that needs a caller answers: why this request has no identity. */
   | { status: 'signed-out'; error: TRPCError };
 
+/** The caller's rows, as `protectedProcedure` hands them to procedures. */
+export interface Member {
+  user: User;
+  organization: Organization;
+  membership: OrganizationMember;
+}
+
 /**
- * Verifies the request's bearer token and provisions its organization, user and membership.
- * Called once per HTTP request, so the calls of one batch share the result.
+ * Verifies the request's bearer token. No database work: provisioning waits until a procedure
+ * that needs the caller has checked its input.
  */
-export async function authenticate(deps: ServerDeps, authorization: string | undefined): Promise<Auth> {
-  let verified;
+export async function authenticate(
+  deps: Pick<ServerDeps, 'verifyAccessToken'>,
+  authorization: string | undefined,
+): Promise<Auth> {
   try {
     const token = parseBearerToken(authorization);
     if (token === null) {
       throw new AccessTokenError('missing', 'Sign-in required: send "Authorization: Bearer <access token>"');
     }
-    verified = await deps.verifyAccessToken(token);
+    return { status: 'verified', identity: (await deps.verifyAccessToken(token)).identity };
   } catch (error) {
     if (!(error instanceof AccessTokenError)) throw error;
     const code = error.reason === 'key_set_unavailable' ? 'SERVICE_UNAVAILABLE' : 'UNAUTHORIZED';
     return { status: 'signed-out', error: new TRPCError({ code, message: error.message, cause: error }) };
   }
-
-  let provisioned;
-  try {
-    provisioned = await provisionIdentity(deps.db, verified.identity);
-  } catch (error) {
-    return {
-      status: 'signed-out',
-      error: new TRPCError({ code: 'INTERNAL_SERVER_ERROR', message: 'Provisioning failed', cause: error }),
-    };
-  }
-  const { organization, user, membership, created } = provisioned;
-  const ids = { organizationId: organization.id, userId: user.id };
-  if (created.organization) deps.log.info({ ...ids, slug: organization.slug }, 'Created organization');
-  if (created.user) deps.log.info(ids, 'Created user');
-  if (created.membership) deps.log.info({ ...ids, role: membership.role }, 'Created membership');
-  return { status: 'signed-in', user, organization, membership };
 }
 
 /** The part of the context that needs no HTTP request: what tests build directly. */
 export function createInnerContext(deps: Pick<ServerDeps, 'db' | 'log' | 'cursors'>, auth: Auth) {
-  return { db: deps.db, log: deps.log, cursors: deps.cursors, auth };
+  let member: Promise<Member> | undefined;
+  return {
+    db: deps.db,
+    log: deps.log,
+    cursors: deps.cursors,
+    auth,
+    /**
+     * Creates or updates the caller's organization, user and membership, once per context: the
+     * calls of one HTTP batch share a context, so a batch is provisioned once.
+     */
+    provisionMember(): Promise<Member> {
+      if (auth.status !== 'verified') return Promise.reject(auth.error);
+      member ??= provisionMember(deps, auth.identity);
+      return member;
+    },
+  };
 }
 
 export type Context = ReturnType<typeof createInnerContext>;
+
+async function provisionMember(deps: Pick<ServerDeps, 'db' | 'log'>, identity: IdentityClaims): Promise<Member> {
+  const { organization, user, membership, created } = await provisionIdentity(deps.db, identity);
+  const ids = { organizationId: organization.id, userId: user.id };
+  if (created.organization) deps.log.info({ ...ids, slug: organization.slug }, 'Created organization');
+  if (created.user) deps.log.info(ids, 'Created user');
+  if (created.membership) deps.log.info({ ...ids, role: membership.role }, 'Created membership');
+  return { user, organization, membership };
+}
 
 /** The outer context, for the HTTP adapter: reads the `Authorization` header. */
 export async function createRequestContext(
@@ -68,6 +85,5 @@ export async function createRequestContext(
   headers: { authorization?: string | undefined },
   log: Logger,
 ): Promise<Context> {
-  const requestDeps = { ...deps, log };
-  return createInnerContext(requestDeps, await authenticate(requestDeps, headers.authorization));
+  return createInnerContext({ ...deps, log }, await authenticate(deps, headers.authorization));
 }

@@ -1,8 +1,9 @@
 import { TRPCError, initTRPC } from '@trpc/server';
 import superjson from 'superjson';
 import { ZodError, z } from 'zod';
+import { isDatabaseUnavailable } from '../db/errors.js';
 import { AccessTokenError } from './auth/access-token.js';
-import type { Context } from './context.js';
+import type { Context, Member } from './context.js';
 
 const t = initTRPC.context<Context>().create({
   transformer: superjson,
@@ -26,22 +27,54 @@ const t = initTRPC.context<Context>().create({
 });
 
 export const router = t.router;
+export const middleware = t.middleware;
 export const createCallerFactory = t.createCallerFactory;
-export const publicProcedure = t.procedure;
 
-/** Every procedure built on this sees `ctx.user`, `ctx.organization` and `ctx.membership` as present. */
-export const protectedProcedure = t.procedure.use(({ ctx, next }) => {
-  if (ctx.auth.status !== 'signed-in') throw ctx.auth.error;
-  const { user, organization, membership } = ctx.auth;
-  if (!membership.isActive) {
-    throw new TRPCError({ code: 'FORBIDDEN', message: 'Your membership in this organization is deactivated' });
+/** A database that cannot be reached or is overloaded answers 503, so clients know to retry. */
+const databaseFaultsAsUnavailable = t.middleware(async ({ next }) => {
+  const result = await next();
+  if (!result.ok && isDatabaseUnavailable(result.error.cause)) {
+    throw new TRPCError({
+      code: 'SERVICE_UNAVAILABLE',
+      message: 'The service is temporarily unavailable; try again shortly',
+      cause: result.error.cause,
+    });
   }
-  return next({ ctx: { user, organization, membership } });
+  return result;
 });
 
-export const adminProcedure = protectedProcedure.use(({ ctx, next }) => {
-  if (ctx.membership.role !== 'admin') {
-    throw new TRPCError({ code: 'FORBIDDEN', message: 'This requires the admin role in the organization' });
-  }
+export const publicProcedure = t.procedure.use(databaseFaultsAsUnavailable);
+
+/** Refuses a request without a valid access token. Verifying needs no database. */
+export const signedInProcedure = publicProcedure.use(({ ctx, next }) => {
+  if (ctx.auth.status !== 'verified') throw ctx.auth.error;
   return next();
 });
+
+/** The caller's provisioned rows; refuses a deactivated membership. */
+export async function memberContext(ctx: Context): Promise<Member> {
+  const member = await ctx.provisionMember();
+  if (!member.membership.isActive) {
+    throw new TRPCError({ code: 'FORBIDDEN', message: 'Your membership in this organization is deactivated' });
+  }
+  return member;
+}
+
+/**
+ * Narrows the context to the caller's `user`, `organization` and `membership`, present for
+ * sure. A procedure with input puts this after `.input()`, so bad input is refused before the
+ * database is touched: `signedInProcedure.input(schema).use(asMember)`.
+ */
+export const asMember = t.middleware(async ({ ctx, next }) => next({ ctx: await memberContext(ctx) }));
+
+/** `asMember`, for admins of the organization only. */
+export const asAdmin = t.middleware(async ({ ctx, next }) => {
+  const member = await memberContext(ctx);
+  if (member.membership.role !== 'admin') {
+    throw new TRPCError({ code: 'FORBIDDEN', message: 'This requires the admin role in the organization' });
+  }
+  return next({ ctx: member });
+});
+
+/** For procedures without input. */
+export const protectedProcedure = signedInProcedure.use(asMember);

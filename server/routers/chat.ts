@@ -12,7 +12,7 @@ import {
   renameSessionById,
   titleFromMessage,
 } from '../../db/chat.js';
-import { protectedProcedure, router } from '../trpc.js';
+import { memberContext, middleware, router, signedInProcedure } from '../trpc.js';
 
 /** Length in characters as people count them (code points), as PostgreSQL's `char_length` does. */
 const characters = (value: string) => [...value].length;
@@ -42,10 +42,14 @@ const cursor = z.string().max(512).nullish();
 const sessionCursor = z.object({ updatedAt: z.iso.datetime().transform((value) => new Date(value)), id: z.uuid() });
 const messageCursor = z.object({ seq: z.number().int().positive() });
 
-/** Chat procedures see `ctx.owner`: the caller in their current organization, which every query filters by. */
-const chatProcedure = protectedProcedure.use(({ ctx, next }) =>
-  next({ ctx: { owner: { userId: ctx.user.id, organizationId: ctx.organization.id } } }),
-);
+/**
+ * `asMember` plus `ctx.owner`: the caller in their current organization, which every query
+ * filters by. After `.input()`, so that bad input never reaches the database.
+ */
+const asChatOwner = middleware(async ({ ctx, next }) => {
+  const member = await memberContext(ctx);
+  return next({ ctx: { ...member, owner: { userId: member.user.id, organizationId: member.organization.id } } });
+});
 
 function sessionNotFound(): never {
   // The same answer for a session that does not exist and one that is not the caller's.
@@ -54,15 +58,16 @@ function sessionNotFound(): never {
 
 export const chatRouter = router({
   /** The caller's active session in this organization, created (titled `New Chat`) when there is none. */
-  getActiveSession: chatProcedure.query(async ({ ctx }) => {
+  getActiveSession: signedInProcedure.use(asChatOwner).query(async ({ ctx }) => {
     const { session, created } = await getOrCreateActiveSession(ctx.db, ctx.owner);
     if (created) ctx.log.info({ ...ctx.owner, sessionId: session.id }, 'Created new active session');
     return session;
   }),
 
   /** A new session, now the active one; the previously active one becomes inactive. */
-  createSession: chatProcedure
+  createSession: signedInProcedure
     .input(z.object({ title: title.optional() }).optional())
+    .use(asChatOwner)
     .mutation(async ({ ctx, input }) => {
       const session = await createActiveSession(ctx.db, { ...ctx.owner, title: input?.title });
       ctx.log.info({ ...ctx.owner, sessionId: session.id }, 'Created session');
@@ -70,12 +75,13 @@ export const chatRouter = router({
     }),
 
   /** The caller's sessions, most recent activity first. */
-  listSessions: chatProcedure
+  listSessions: signedInProcedure
     .input(
       z
         .object({ limit: z.number().int().min(1).max(100).default(20), cursor })
         .default({ limit: 20 }),
     )
+    .use(asChatOwner)
     .query(async ({ ctx, input }) => {
       const scope = `chat.listSessions:${ctx.owner.userId}:${ctx.owner.organizationId}`;
       const before = input.cursor ? ctx.cursors.decode(scope, sessionCursor, input.cursor) : undefined;
@@ -87,47 +93,63 @@ export const chatRouter = router({
       };
     }),
 
-  getSession: chatProcedure.input(z.object({ sessionId })).query(async ({ ctx, input }) => {
-    return (await getSessionById(ctx.db, { ...ctx.owner, id: input.sessionId })) ?? sessionNotFound();
-  }),
+  getSession: signedInProcedure
+    .input(z.object({ sessionId }))
+    .use(asChatOwner)
+    .query(async ({ ctx, input }) => {
+      return (await getSessionById(ctx.db, { ...ctx.owner, id: input.sessionId })) ?? sessionNotFound();
+    }),
 
   /** Makes the session the only active one. */
-  setActiveSession: chatProcedure.input(z.object({ sessionId })).mutation(async ({ ctx, input }) => {
-    return (await activateSessionById(ctx.db, { ...ctx.owner, id: input.sessionId })) ?? sessionNotFound();
-  }),
+  setActiveSession: signedInProcedure
+    .input(z.object({ sessionId }))
+    .use(asChatOwner)
+    .mutation(async ({ ctx, input }) => {
+      return (await activateSessionById(ctx.db, { ...ctx.owner, id: input.sessionId })) ?? sessionNotFound();
+    }),
 
-  renameSession: chatProcedure.input(z.object({ sessionId, title })).mutation(async ({ ctx, input }) => {
-    const session = await renameSessionById(ctx.db, { ...ctx.owner, id: input.sessionId, title: input.title });
-    return session ?? sessionNotFound();
-  }),
+  renameSession: signedInProcedure
+    .input(z.object({ sessionId, title }))
+    .use(asChatOwner)
+    .mutation(async ({ ctx, input }) => {
+      const session = await renameSessionById(ctx.db, { ...ctx.owner, id: input.sessionId, title: input.title });
+      return session ?? sessionNotFound();
+    }),
 
   /** Deletes the session and its messages. When it was active, none is until `getActiveSession` makes one. */
-  deleteSession: chatProcedure.input(z.object({ sessionId })).mutation(async ({ ctx, input }) => {
-    if (!(await deleteSessionById(ctx.db, { ...ctx.owner, id: input.sessionId }))) sessionNotFound();
-    ctx.log.info({ ...ctx.owner, sessionId: input.sessionId }, 'Deleted session');
-    return { sessionId: input.sessionId };
-  }),
+  deleteSession: signedInProcedure
+    .input(z.object({ sessionId }))
+    .use(asChatOwner)
+    .mutation(async ({ ctx, input }) => {
+      if (!(await deleteSessionById(ctx.db, { ...ctx.owner, id: input.sessionId }))) sessionNotFound();
+      ctx.log.info({ ...ctx.owner, sessionId: input.sessionId }, 'Deleted session');
+      return { sessionId: input.sessionId };
+    }),
 
   /** Stores the caller's message; the first one titles a session still called `New Chat`. */
-  sendMessage: chatProcedure.input(z.object({ sessionId, content })).mutation(async ({ ctx, input }) => {
-    const stored = await addMessageToSession(ctx.db, {
-      ...ctx.owner,
-      sessionId: input.sessionId,
-      role: 'user',
-      content: input.content,
-      titleIfFirst: titleFromMessage(input.content),
-    });
-    if (!stored) sessionNotFound();
-    const { seq: _seq, ...message } = stored;
-    return message;
-  }),
+  sendMessage: signedInProcedure
+    .input(z.object({ sessionId, content }))
+    .use(asChatOwner)
+    .mutation(async ({ ctx, input }) => {
+      const stored = await addMessageToSession(ctx.db, {
+        ...ctx.owner,
+        sessionId: input.sessionId,
+        role: 'user',
+        content: input.content,
+        titleIfFirst: titleFromMessage(input.content),
+      });
+      if (!stored) sessionNotFound();
+      const { seq: _seq, ...message } = stored;
+      return message;
+    }),
 
   /**
    * The newest `limit` messages (older than `cursor` when given), oldest first; `nextCursor`
    * fetches the page before them and is null at the start of the conversation.
    */
-  listMessages: chatProcedure
+  listMessages: signedInProcedure
     .input(z.object({ sessionId, limit: z.number().int().min(1).max(100).default(50), cursor }))
+    .use(asChatOwner)
     .query(async ({ ctx, input }) => {
       const scope = `chat.listMessages:${input.sessionId}`;
       const before = input.cursor ? ctx.cursors.decode(scope, messageCursor, input.cursor) : undefined;

@@ -1,10 +1,12 @@
 import { createTRPCClient, httpBatchLink } from '@trpc/client';
 import type { inferRouterInputs, inferRouterOutputs } from '@trpc/server';
 import superjson from 'superjson';
+import { MAX_BATCH_SIZE } from './limits.js';
 // Only the type: a frontend bundle never pulls in server code.
 import type { AppRouter } from '../server/root.js';
 
 export type { AppRouter };
+export { MAX_BATCH_SIZE, MAX_BODY_BYTES } from './limits.js';
 export type RouterInputs = inferRouterInputs<AppRouter>;
 export type RouterOutputs = inferRouterOutputs<AppRouter>;
 
@@ -26,6 +28,8 @@ export function createApiClient({ url, getToken, fetch }: ApiClientOptions) {
       httpBatchLink({
         url,
         transformer: superjson,
+        // The server refuses longer batches; more calls at once go out as several requests.
+        maxItems: MAX_BATCH_SIZE,
         fetch,
         async headers() {
           const token = await getToken();

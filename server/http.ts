@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import { getHTTPStatusCodeFromError } from '@trpc/server/http';
 import { createHTTPHandler } from '@trpc/server/adapters/standalone';
+import { MAX_BATCH_SIZE, MAX_BODY_BYTES } from '../client/limits.js';
 import { type ServerDeps, createRequestContext } from './context.js';
 import { appRouter } from './root.js';
 
@@ -11,28 +12,35 @@ export interface HttpServerDeps extends ServerDeps {
 }
 
 const READINESS_TIMEOUT_MS = 2_000;
-const MAX_BODY_BYTES = 1024 * 1024;
+const HEADERS_TIMEOUT_MS = 10_000;
+const REQUEST_TIMEOUT_MS = 30_000;
 const requestIdPattern = /^[\w.:-]{1,128}$/;
 
 /** tRPC under `/trpc`, plus `/healthz` (the process runs) and `/readyz` (the database answers). */
 export function createHttpServer(deps: HttpServerDeps): http.Server {
+  /** The log of one request: every line carries the id its response carries. */
+  const requestLog = (req: http.IncomingMessage) => deps.log.child({ requestId: req.headers['x-request-id'] });
+
   const trpcHandler = createHTTPHandler({
     router: appRouter,
     basePath: '/trpc/',
     maxBodySize: MAX_BODY_BYTES,
-    createContext: ({ req, res }) =>
-      createRequestContext(deps, req.headers, deps.log.child({ requestId: res.getHeader('x-request-id') })),
-    onError({ error, path, ctx }) {
-      const log = ctx?.log ?? deps.log;
+    maxBatchSize: MAX_BATCH_SIZE,
+    createContext: ({ req }) => createRequestContext(deps, req.headers, requestLog(req)),
+    // Once per failed call, with the request id the response carries.
+    onError({ error, path, ctx, req }) {
+      const log = ctx?.log ?? requestLog(req);
       const status = getHTTPStatusCodeFromError(error);
-      if (status >= 500) log.error({ err: error.cause ?? error, path, code: error.code }, 'Request failed');
-      else log.debug({ path, code: error.code, message: error.message }, 'Request refused');
+      if (status >= 500) log.error({ err: error.cause ?? error, path, code: error.code, status }, 'Request failed');
+      else log.info({ path, code: error.code, status, message: error.message }, 'Request refused');
     },
   });
 
-  return http.createServer((req, res) => {
+  const server = http.createServer((req, res) => {
     const incoming = req.headers['x-request-id'];
     const requestId = typeof incoming === 'string' && requestIdPattern.test(incoming) ? incoming : randomUUID();
+    // From here on the header holds the id this response carries, whatever the client sent.
+    req.headers['x-request-id'] = requestId;
     res.setHeader('x-request-id', requestId);
 
     // tRPC parses the URL itself; here the path before any query string is enough to route.
@@ -53,6 +61,10 @@ export function createHttpServer(deps: HttpServerDeps): http.Server {
     }
     sendJson(res, 404, { error: 'Not found' });
   });
+  // A client gets this long to send its headers, and its whole request (slow-sending clients).
+  server.headersTimeout = HEADERS_TIMEOUT_MS;
+  server.requestTimeout = REQUEST_TIMEOUT_MS;
+  return server;
 }
 
 function sendJson(res: http.ServerResponse, status: number, body: unknown) {

@@ -1,11 +1,13 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { type IncomingMessage, request as httpRequest } from 'node:http';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createApiClient } from '../client/index.js';
 
 const projectRoot = join(import.meta.dirname, '..');
@@ -74,14 +76,48 @@ describe('the README start path', () => {
     }
   });
 
-  it('stops cleanly on SIGTERM: exit code 0', async () => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'server/main.ts'], { cwd: projectRoot, env: newcomerEnv() });
-    const url = await waitForListening(child);
-    expect((await fetch(`${url}/healthz`)).status).toBe(200);
-    child.kill('SIGTERM');
-    const [code] = await once(child, 'exit');
-    expect(code).toBe(0);
-  });
+  it.each(['SIGTERM', 'SIGINT'] as const)(
+    'on %s stops accepting connections, answers the request in flight, and exits 0',
+    async (signal) => {
+      // On the run's PostgreSQL when there is one, so closing a real pool is part of it.
+      const databaseUrl = inject('databaseUrl');
+      const env = newcomerEnv(databaseUrl ? { DATABASE_URL: databaseUrl } : {});
+      const child = spawn(process.execPath, ['--import', 'tsx', 'server/main.ts'], { cwd: projectRoot, env });
+      const exited = once(child, 'exit');
+      const url = await waitForListening(child);
+      const { stdout } = await run(process.execPath, ['--import', 'tsx', 'server/mint-local-token.ts', '--email', 'ada@example.com'], {
+        cwd: projectRoot,
+        env,
+      });
+      const token = stdout.trim();
+      const session = await createApiClient({ url: `${url}/trpc`, getToken: () => token }).chat.getActiveSession.query();
+
+      // A request that has arrived but not finished: its body is still coming when the signal does.
+      const body = JSON.stringify({ json: { sessionId: session.id, content: 'sent across the shutdown' } });
+      const request = httpRequest(`${url}/trpc/chat.sendMessage`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+      });
+      const response = once(request, 'response') as Promise<[IncomingMessage]>;
+      request.write(body.slice(0, 20));
+      await sleep(200);
+      child.kill(signal);
+      await sleep(300);
+
+      // No new connections...
+      await expect(fetch(`${url}/healthz`)).rejects.toThrow();
+      // ...but the request in flight gets its answer.
+      request.end(body.slice(20));
+      const [answer] = await response;
+      let text = '';
+      for await (const chunk of answer) text += chunk;
+      expect(answer.statusCode).toBe(200);
+      expect(JSON.parse(text).result.data.json).toMatchObject({ content: 'sent across the shutdown', role: 'user' });
+
+      const [code] = await exited;
+      expect(code).toBe(0);
+    },
+  );
 });
 
 describe('a bad configuration', () => {

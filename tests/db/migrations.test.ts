@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { is } from 'drizzle-orm';
 import { PgTable } from 'drizzle-orm/pg-core';
@@ -6,21 +5,18 @@ import postgres from 'postgres';
 import { describe, expect, inject, it } from 'vitest';
 import { openDatabase } from '../../db/database.js';
 import * as schema from '../../db/schema.js';
+import { createEmptyDatabase } from '../support/database.js';
 
 const runUrl = inject('databaseUrl');
 
 describe('migrations on start', () => {
   // Several instances share one PostgreSQL; PGlite belongs to a single process.
   it.skipIf(!runUrl)('are safe when several instances start at once', async () => {
-    const admin = postgres(runUrl!, { max: 1, onnotice: () => {} });
-    const name = `migrate_${randomBytes(6).toString('hex')}`;
-    await admin.unsafe(`create database "${name}"`);
-    const url = new URL(runUrl!);
-    url.pathname = `/${name}`;
-    const instances = Array.from({ length: 4 }, () => openDatabase({ kind: 'postgres', url: url.toString(), poolSize: 2 }));
+    const empty = (await createEmptyDatabase('migrate'))!;
+    const instances = Array.from({ length: 4 }, () => openDatabase({ kind: 'postgres', url: empty.url, poolSize: 2 }));
     try {
       await Promise.all(instances.map((instance) => instance.migrate()));
-      const fresh = postgres(url.toString(), { max: 1 });
+      const fresh = postgres(empty.url, { max: 1 });
       const applied = await fresh`select count(*)::int as n from drizzle.__drizzle_migrations`;
       const tables = await fresh`select count(*)::int as n from information_schema.tables where table_schema = 'public'`;
       await fresh.end();
@@ -32,8 +28,7 @@ describe('migrations on start', () => {
       await instances[0]!.migrate();
     } finally {
       await Promise.all(instances.map((instance) => instance.close()));
-      await admin.unsafe(`drop database "${name}" with (force)`);
-      await admin.end();
+      await empty.drop();
     }
   });
 });

@@ -1,7 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, expectTypeOf, it } from 'vitest';
-import { type RouterOutputs, createApiClient } from '../../client/index.js';
+import { MAX_BATCH_SIZE, MAX_BODY_BYTES, type RouterOutputs, createApiClient } from '../../client/index.js';
+import { eq } from 'drizzle-orm';
 import { openDatabase } from '../../db/database.js';
+import { users } from '../../db/schema.js';
 import { whileInsertsFail } from '../support/database.js';
 import { clientError } from '../support/errors.js';
 import { type TestApp, startHttpServer, startTestApp } from '../support/test-app.js';
@@ -146,6 +148,65 @@ describe('the typed client over HTTP', () => {
   });
 });
 
+describe('request limits', () => {
+  async function notProvisioned(sub: string) {
+    expect(await app.db.select().from(users).where(eq(users.id, sub))).toEqual([]);
+  }
+
+  it(`refuses a body over ${MAX_BODY_BYTES} bytes with 413, before any database work`, async () => {
+    const sub = randomUUID();
+    const token = await app.idp.mintToken({ claims: { sub } });
+    const body = JSON.stringify({ json: { sessionId: randomUUID(), content: 'x'.repeat(MAX_BODY_BYTES) } });
+    const response = await fetch(`${http.url}/trpc/chat.sendMessage`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body,
+    });
+    expect(response.status).toBe(413);
+    expect(JSON.parse(await response.text()).error.json.data.code).toBe('PAYLOAD_TOO_LARGE');
+    await notProvisioned(sub);
+  });
+
+  it('answers a body just under the limit normally (here: 400 for content over 32000 characters)', async () => {
+    const token = await app.idp.mintToken();
+    const content = 'x'.repeat(MAX_BODY_BYTES - 1000);
+    const error = await clientError(http.clientFor(token).chat.sendMessage.mutate({ sessionId: randomUUID(), content }));
+    expect(error.data?.httpStatus).toBe(400);
+  });
+
+  it(`refuses a batch of more than ${MAX_BATCH_SIZE} calls with 400, before any database work`, async () => {
+    const sub = randomUUID();
+    const token = await app.idp.mintToken({ claims: { sub } });
+    const paths = Array.from({ length: MAX_BATCH_SIZE + 1 }, () => 'me').join(',');
+    const response = await fetch(`${http.url}/trpc/${paths}?batch=1&input={}`, {
+      headers: { authorization: `Bearer ${token}` },
+    });
+    expect(response.status).toBe(400);
+    expect(await response.text()).toContain('Batch call exceeds maximum size');
+    await notProvisioned(sub);
+
+    const atLimit = Array.from({ length: MAX_BATCH_SIZE }, () => 'me').join(',');
+    const accepted = await fetch(`${http.url}/trpc/${atLimit}?batch=1&input={}`, { headers: { authorization: `Bearer ${token}` } });
+    expect(accepted.status).toBe(200);
+  });
+
+  it(`makes the typed client split its batches at ${MAX_BATCH_SIZE} calls`, async () => {
+    const token = await app.idp.mintToken();
+    const batchSizes: number[] = [];
+    const client = createApiClient({
+      url: `${http.url}/trpc`,
+      getToken: () => token,
+      fetch: (input, init) => {
+        batchSizes.push(new URL(String(input)).pathname.split(',').length);
+        return fetch(input, init);
+      },
+    });
+    const answers = await Promise.all(Array.from({ length: 2 * MAX_BATCH_SIZE + 5 }, () => client.me.query()));
+    expect(answers).toHaveLength(2 * MAX_BATCH_SIZE + 5);
+    expect(batchSizes.sort((a, b) => b - a)).toEqual([MAX_BATCH_SIZE, MAX_BATCH_SIZE, 5]);
+  });
+});
+
 describe('error responses', () => {
   it('carry a request id and never a stack trace or the token', async () => {
     const token = await app.idp.mintToken({ claims: { iss: 'https://evil.example' } });
@@ -155,6 +216,36 @@ describe('error responses', () => {
     const body = await response.text();
     expect(body).not.toMatch(/stack|at .*\.ts:\d+/);
     expect(body).not.toContain(token);
+  });
+
+  it('are logged once each, with the request id the response carries; validation details only for BAD_REQUEST', async () => {
+    const token = await app.idp.mintToken();
+    const requestId = `req-${randomUUID()}`;
+    // One batch of three calls: one answers, two are refused for different reasons.
+    const response = await fetch(
+      `${http.url}/trpc/me,chat.getSession,org.members?batch=1&input=${encodeURIComponent(
+        JSON.stringify({ 1: { json: { sessionId: randomUUID() } }, 2: { json: { limit: 0 } } }),
+      )}`,
+      { headers: { authorization: `Bearer ${token}`, 'x-request-id': requestId } },
+    );
+    expect(response.headers.get('x-request-id')).toBe(requestId);
+    const [me, notFound, invalid] = (await response.json()) as { result?: unknown; error?: { json: { data: Record<string, unknown> } } }[];
+    expect(me?.result).toBeDefined();
+    expect(notFound?.error?.json.data).toMatchObject({ code: 'NOT_FOUND', validation: null });
+    expect(invalid?.error?.json.data).toMatchObject({ code: 'BAD_REQUEST', validation: { fieldErrors: { limit: [expect.any(String)] } } });
+
+    const refused = app.logs.filter((line) => line.requestId === requestId && line.msg === 'Request refused');
+    expect(refused.map((line) => [line.path, line.code]).sort()).toEqual([
+      ['chat.getSession', 'NOT_FOUND'],
+      ['org.members', 'BAD_REQUEST'],
+    ]);
+  });
+
+  it('replace a request id a client sends that is not a plain token', async () => {
+    for (const sent of ['has spaces/and "quotes"', 'x'.repeat(129), '<script>']) {
+      const response = await fetch(`${http.url}/healthz`, { headers: { 'x-request-id': sent } });
+      expect(response.headers.get('x-request-id')).toMatch(/^[0-9a-f-]{36}$/);
+    }
   });
 
   it('hide database errors behind a generic message', async () => {

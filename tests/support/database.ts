@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { and, eq, sql } from 'drizzle-orm';
+import postgres from 'postgres';
 import { inject } from 'vitest';
 import { type Database, type DatabaseHandle, openDatabase } from '../../db/database.js';
 import { organizationMembers } from '../../db/schema.js';
@@ -10,6 +11,27 @@ export async function openTestDatabase(): Promise<DatabaseHandle> {
   const database = openDatabase(url ? { kind: 'postgres', url } : { kind: 'pglite' });
   await database.migrate();
   return database;
+}
+
+/**
+ * An empty PostgreSQL database of its own on this run's server, for tests of what happens on an
+ * empty database (migrations, first starts). PostgreSQL only: undefined on PGlite.
+ */
+export async function createEmptyDatabase(prefix: string) {
+  const runUrl = inject('databaseUrl');
+  if (!runUrl) return undefined;
+  const admin = postgres(runUrl, { max: 1, onnotice: () => {} });
+  const name = `${prefix}_${randomBytes(6).toString('hex')}`;
+  await admin.unsafe(`create database "${name}"`);
+  const url = new URL(runUrl);
+  url.pathname = `/${name}`;
+  return {
+    url: url.toString(),
+    async drop() {
+      await admin.unsafe(`drop database "${name}" with (force)`);
+      await admin.end();
+    },
+  };
 }
 
 /**

@@ -1,0 +1,102 @@
+import { randomUUID } from 'node:crypto';
+import { count, eq } from 'drizzle-orm';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { createApiClient } from '../../client/index.js';
+import { type DatabaseHandle, openDatabase } from '../../db/database.js';
+import { chatSessions, organizationMembers, organizations, users } from '../../db/schema.js';
+import { type RunningServer, startServer } from '../../server/app.js';
+import { createEmptyDatabase } from '../support/database.js';
+import { type TestIdentityProvider, startIdentityProvider } from '../support/identity-provider.js';
+
+const INSTANCES = 3;
+
+// Several instances share one PostgreSQL; PGlite belongs to a single process.
+describe.skipIf(!inject('databaseUrl'))(`${INSTANCES} instances started at once on one empty database`, () => {
+  let empty: NonNullable<Awaited<ReturnType<typeof createEmptyDatabase>>>;
+  let idp: TestIdentityProvider;
+  let servers: RunningServer[];
+  let database: DatabaseHandle;
+
+  beforeAll(async () => {
+    empty = (await createEmptyDatabase('instances'))!;
+    idp = await startIdentityProvider();
+    const log = pino({ level: 'silent' });
+    // What `npm start` does in each process: migrate under the advisory lock, then listen.
+    servers = await Promise.all(
+      Array.from({ length: INSTANCES }, () =>
+        startServer(
+          {
+            nodeEnv: 'production',
+            logLevel: 'silent',
+            database: { kind: 'postgres', url: empty.url, poolSize: 4 },
+            identity: {
+              mode: 'frontegg',
+              issuer: idp.issuer,
+              jwksUrl: idp.jwksUrl,
+              audience: [idp.audience],
+              keySet: { maxAgeMs: 600_000, cooldownMs: 30_000 },
+            },
+            port: 0,
+            host: '127.0.0.1',
+          },
+          log,
+        ),
+      ),
+    );
+    database = openDatabase({ kind: 'postgres', url: empty.url, poolSize: 2 });
+  });
+  afterAll(async () => {
+    await Promise.all(servers?.map((server) => server.close()) ?? []);
+    await database?.close();
+    await idp?.close();
+    await empty?.drop();
+  });
+
+  /** A typed client of the `index`-th instance, round robin, as a load balancer would spread them. */
+  function clientOf(index: number, token: string) {
+    const server = servers[index % servers.length]!;
+    return createApiClient({ url: `${server.url}/trpc`, getToken: () => token });
+  }
+
+  it('all start and serve', async () => {
+    const token = await idp.mintToken();
+    const answers = await Promise.all(servers.map((_, index) => clientOf(index, token).me.query()));
+    expect(new Set(answers.map((me) => me.user.id)).size).toBe(1);
+  });
+
+  it('give concurrent first logins spread across them one organization, user, membership and active session', async () => {
+    const tenantId = randomUUID();
+    const people = Array.from({ length: 4 }, () => randomUUID());
+    const tokens = await Promise.all(people.map((sub) => idp.mintToken({ claims: { sub, tenantId } })));
+    // Every person's first requests hit every instance at once.
+    const calls = Array.from({ length: 36 }, (_, index) =>
+      clientOf(index, tokens[index % tokens.length]!).chat.getActiveSession.query(),
+    );
+    const sessions = await Promise.all(calls);
+
+    // Call i was person i % 4's: each person got one session, whichever instance answered.
+    const sessionIdsOf = people.map((_, person) => new Set(sessions.filter((_, i) => i % people.length === person).map((s) => s.id)));
+    expect(sessionIdsOf.map((ids) => ids.size)).toEqual(people.map(() => 1));
+    expect(new Set(sessionIdsOf.flatMap((ids) => [...ids])).size).toBe(people.length);
+
+    const { db } = database;
+    const rows = async (table: typeof organizations | typeof organizationMembers | typeof chatSessions, where: ReturnType<typeof eq>) =>
+      (await db.select({ n: count() }).from(table).where(where))[0]?.n;
+    expect(await rows(organizations, eq(organizations.id, tenantId))).toBe(1);
+    expect(await rows(organizationMembers, eq(organizationMembers.organizationId, tenantId))).toBe(people.length);
+    expect(await rows(chatSessions, eq(chatSessions.organizationId, tenantId))).toBe(people.length);
+    for (const sub of people) {
+      expect((await db.select({ n: count() }).from(users).where(eq(users.id, sub)))[0]?.n).toBe(1);
+    }
+  });
+
+  it('share what must be shared: a cursor issued by one instance pages on another', async () => {
+    const token = await idp.mintToken();
+    await clientOf(0, token).chat.createSession.mutate({ title: 'one' });
+    await clientOf(1, token).chat.createSession.mutate({ title: 'two' });
+    const first = await clientOf(0, token).chat.listSessions.query({ limit: 1 });
+    const second = await clientOf(2, token).chat.listSessions.query({ limit: 1, cursor: first.nextCursor });
+    expect([first.items[0]?.title, second.items[0]?.title]).toEqual(['two', 'one']);
+  });
+});

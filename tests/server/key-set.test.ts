@@ -90,12 +90,9 @@ describe('an unknown-kid flood', () => {
     const tokens = await Promise.all(
       Array.from({ length: 300 }, () => idp.mintToken({ signWith: attacker, kid: randomUUID() })),
     );
-    const started = performance.now();
     const errors = await Promise.all(tokens.map((token) => expectTRPCError(me(deps, token), 'UNAUTHORIZED')));
-    const elapsed = performance.now() - started;
     expect(new Set(errors.map((error) => error.message))).toEqual(new Set(['Access token is signed by an unknown key']));
     expect(idp.keySetFetches).toBe(1);
-    app.deps.log.info({ refusals: tokens.length, elapsedMs: Math.round(elapsed) }, 'unknown-kid flood refused');
   });
 
   it('fetches at most once per cooldown period while the flood goes on', async () => {

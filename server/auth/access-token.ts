@@ -60,6 +60,8 @@ export function parseBearerToken(header: string | undefined): string | null {
 
 // Frontegg's token template can remove any of the optional claims, and `null` is a value it sends.
 const claimsSchema = z.object({
+  // Within what a Date can hold (the year 9999), so `expiresAt` is always a real date.
+  exp: z.number().int().max(253_402_300_799),
   sub: z.string().min(1).max(256),
   tenantId: z.string().min(1).max(256),
   type: z.string(),
@@ -92,7 +94,7 @@ export function createAccessTokenVerifier(options: AccessTokenVerifierOptions): 
     if (claims.data.type !== 'userToken') {
       throw new AccessTokenError('unsupported_token_type', 'Only user tokens (type "userToken") are accepted');
     }
-    const { sub, tenantId, email, name, profilePictureUrl, email_verified, roles } = claims.data;
+    const { exp, sub, tenantId, email, name, profilePictureUrl, email_verified, roles } = claims.data;
     return {
       identity: {
         userId: sub,
@@ -103,7 +105,7 @@ export function createAccessTokenVerifier(options: AccessTokenVerifierOptions): 
         emailVerified: email_verified ?? undefined,
         roles: roles ?? [],
       },
-      expiresAt: new Date((payload.exp as number) * 1000),
+      expiresAt: new Date(exp * 1000),
     };
   };
 }

@@ -72,6 +72,10 @@ export function createRemoteKeySet({
   }
 
   return async (header, token) => {
+    // Frontegg names the signing key in every token; one that does not is not Frontegg's.
+    if (typeof header.kid !== 'string' || header.kid.length === 0) {
+      throw new joseErrors.JWSInvalid('The token names no signing key (kid)');
+    }
     if (!keys) {
       await refresh();
       if (!keys) unavailable();

@@ -252,6 +252,42 @@ describe('refused tokens answer UNAUTHORIZED and write nothing', () => {
   });
 
   it.each([
+    ['kid is a number', { alg: 'RS256', kid: 42 }],
+    ['kid is an object', { alg: 'RS256', kid: { $ne: null } }],
+    ['kid is 10 000 characters', { alg: 'RS256', kid: 'k'.repeat(10_000) }],
+    ['no kid', { alg: 'RS256' }],
+    ['alg is missing', { kid: 'published' }],
+    ['alg in lower case', { alg: 'rs256', kid: 'published' }],
+    ['alg is PS256 with the RSA key', { alg: 'PS256', kid: 'published' }],
+    ['the header is a JSON array', ['RS256']],
+    ['the header is JSON null', null],
+  ])('a signed token whose header is odd: %s', async (_, header) => {
+    const tenantId = randomUUID();
+    // 'published' stands for the published key's kid.
+    const withKid = JSON.parse(JSON.stringify(header).replace('"published"', JSON.stringify(app.idp.key.kid)));
+    const token = signWithPublishedKey(withKid as object, validPayload({ tenantId }));
+    await expectUnauthorized(`Bearer ${token}`, tenantId);
+  });
+
+  it.each([
+    ['a JSON array', ['sub']],
+    ['JSON null', 'null'],
+    ['a JSON string', '"userToken"'],
+    ['not JSON', '{"sub":'],
+    ['exp as a string', { exp: 'tomorrow' }],
+    ['exp far beyond any date', { exp: 1e20 }],
+    ['sub as a number', { sub: 12345 }],
+    ['tenantId as an object', { tenantId: { id: 'x' } }],
+    ['roles as a string', { roles: 'Admin' }],
+    ['a 300-character tenantId', { tenantId: 't'.repeat(300) }],
+  ])('a signed token whose payload is odd: %s', async (_, payload) => {
+    const tenantId = randomUUID();
+    const body = Array.isArray(payload) ? JSON.stringify(payload) : typeof payload === 'string' ? payload : validPayload({ tenantId, ...payload });
+    const token = signWithPublishedKey({ alg: 'RS256', kid: app.idp.key.kid }, body);
+    await expectUnauthorized(`Bearer ${token}`, tenantId);
+  });
+
+  it.each([
     ['a wrong issuer', { iss: 'https://evil.example' }],
     ['a wrong audience', { aud: 'another-application' }],
     ['no exp', { exp: undefined }],

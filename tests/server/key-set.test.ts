@@ -42,12 +42,17 @@ async function me(deps: ServerDeps, token: string) {
   return createCaller(createInnerContext(deps, await authenticate(deps, `Bearer ${token}`))).me();
 }
 
-/** Waits until the provider has been asked for its keys `count` times in all. */
-async function untilFetches(count: number) {
-  for (let waited = 0; idp.keySetFetches < count; waited += 10) {
-    if (waited > 5_000) throw new Error(`expected ${count} key-set fetches, saw ${idp.keySetFetches}`);
+/** Waits (up to 5 s) until `condition` holds. */
+async function until(condition: () => boolean | Promise<boolean>) {
+  for (let waited = 0; !(await condition()); waited += 10) {
+    if (waited > 5_000) throw new Error('timed out waiting for a condition');
     await sleep(10);
   }
+}
+
+/** Waits until the provider has been asked for its keys `count` times in all. */
+function untilFetches(count: number) {
+  return until(() => idp.keySetFetches >= count);
 }
 
 describe('key rotation', () => {
@@ -73,8 +78,10 @@ describe('key rotation', () => {
     // The first use after expiry answers from the keys held and refreshes them in the background.
     await me(deps, token);
     await untilFetches(2);
-    await sleep(20);
+    // Once the refetched set is in place (it is being parsed), the old key is refused.
+    await until(async () => (await authenticate(deps, `Bearer ${token}`)).status === 'signed-out');
     await expectTRPCError(me(deps, token), 'UNAUTHORIZED');
+    expect(idp.keySetFetches).toBe(2);
   });
 });
 
@@ -147,7 +154,9 @@ describe.each(['error', 'reset', 'hang'] as const)('a key-set outage (%s)', (sta
 
 describe('a key set never fetched', () => {
   it('answers 503 SERVICE_UNAVAILABLE over HTTP, not 401: the fault is ours', async () => {
-    const deps = await serverTrustingNewProvider();
+    // A longer cooldown, so that the second request surely falls within it.
+    const cooldownMs = 2_000;
+    const deps = await serverTrustingNewProvider({ cooldownMs });
     idp.setKeySetState('reset');
     const http = await startHttpServer(app, { verifyAccessToken: deps.verifyAccessToken });
     try {
@@ -161,7 +170,7 @@ describe('a key set never fetched', () => {
       await clientError(http.clientFor(token).me.query());
       expect(idp.keySetFetches).toBe(1);
       idp.setKeySetState('up');
-      await sleep(COOLDOWN_MS + 50);
+      await sleep(cooldownMs + 50);
       expect((await http.clientFor(token).me.query()).role).toBe('admin');
     } finally {
       await http.close();

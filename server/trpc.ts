@@ -14,9 +14,18 @@ const t = initTRPC.context<Context>().create({
     // Anything not thrown on purpose (driver errors, bugs) reaches the caller as a generic message.
     const internal = error.code === 'INTERNAL_SERVER_ERROR';
     const invalidInput = error.code === 'BAD_REQUEST' && error.cause instanceof ZodError;
+    // tRPC's own refusals of a request it cannot read (bad JSON, a broken transformer payload)
+    // carry the parser's words as their message; ours are thrown without a cause.
+    const unreadable = error.code === 'BAD_REQUEST' && !invalidInput && error.cause !== undefined;
     return {
       ...shape,
-      message: internal ? 'Internal server error' : invalidInput ? 'Invalid input' : shape.message,
+      message: internal
+        ? 'Internal server error'
+        : invalidInput
+          ? 'Invalid input'
+          : unreadable
+            ? 'The request could not be read'
+            : shape.message,
       data: {
         ...data,
         authReason: error.cause instanceof AccessTokenError ? error.cause.reason : null,

@@ -207,6 +207,37 @@ describe('request limits', () => {
   });
 });
 
+describe('requests the server cannot use', () => {
+  const json = { 'content-type': 'application/json' };
+  const superjsonMeta = { json: { sessionId: randomUUID(), content: 'x' }, meta: { values: { '__proto__.polluted': ['class', 'X'] } } };
+  it.each([
+    ['a body that is not JSON', 'POST', '/trpc/chat.sendMessage', json, '{"json":', 400],
+    ['a text/plain body', 'POST', '/trpc/chat.sendMessage', { 'content-type': 'text/plain' }, 'hello', 415],
+    ['an octet-stream body', 'POST', '/trpc/chat.sendMessage', { 'content-type': 'application/octet-stream' }, 'xx', 400],
+    ['a broken multipart body', 'POST', '/trpc/chat.sendMessage', { 'content-type': 'multipart/form-data; boundary=x' }, '--x', 400],
+    ['a superjson payload aimed at prototypes', 'POST', '/trpc/chat.sendMessage', json, JSON.stringify(superjsonMeta), 400],
+    ['a mutation by GET', 'GET', '/trpc/chat.sendMessage?input={}', {}, undefined, 405],
+    ['a query by POST', 'POST', '/trpc/me', json, '{}', 405],
+    ['PUT', 'PUT', '/trpc/me', json, '{}', 405],
+    ['a procedure that does not exist', 'GET', '/trpc/chat.constructor', {}, undefined, 404],
+    ['__proto__ as a path', 'GET', '/trpc/__proto__', {}, undefined, 404],
+    ['a 20 KB URL', 'GET', `/trpc/me?input=${'a'.repeat(20_000)}`, {}, undefined, 431],
+  ] as const)('%s: a 4xx with no internals, and nothing written', async (_, method, path, headers, body, status) => {
+    const sub = randomUUID();
+    const token = await app.idp.mintToken({ claims: { sub } });
+    const response = await fetch(`${http.url}${path}`, {
+      method,
+      headers: { ...headers, authorization: `Bearer ${token}` },
+      body,
+    });
+    expect(response.status).toBe(status);
+    const text = await response.text();
+    expect(text).not.toMatch(/stack|\.ts:\d+|node_modules|Unexpected|Maximum call stack/);
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+    expect(await app.db.select().from(users).where(eq(users.id, sub))).toEqual([]);
+  });
+});
+
 describe('error responses', () => {
   it('carry a request id and never a stack trace or the token', async () => {
     const token = await app.idp.mintToken({ claims: { iss: 'https://evil.example' } });

@@ -66,6 +66,10 @@ function openPostgres({
     // default; capped at 1 s so requests fail fast in an outage and recover at once after it.
     backoff: (retries: number) => Math.min(0.05 * 2 ** retries, 1),
     socket: connectWithSilenceLimit(silenceMs),
+    // postgres.js would look up array types on every new connection, from a promise nobody
+    // handles: a connection dropped during that lookup crashed the process (an unhandled
+    // rejection). The schema has no PostgreSQL arrays, so there is nothing to look up.
+    fetch_types: false,
     onnotice: () => {},
     connection: {
       application_name: 'frontegg-trpc-chat',

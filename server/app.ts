@@ -27,6 +27,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     verifyAccessToken: await createConfiguredVerifier(config.identity, log),
     cursors: await createSharedCursorCodec(database.db),
     pingDatabase: database.ping,
+    procedureTimeoutMs: config.procedureTimeoutMs,
   });
   server.listen(config.port, config.host);
   await once(server, 'listening');

@@ -43,6 +43,7 @@ const envSchema = z.object({
   DATABASE_POOL_SIZE: wholeNumber(10, 1, 1_000),
   DATABASE_CONNECT_TIMEOUT_SECONDS: wholeNumber(5, 1, 300),
   DATABASE_STATEMENT_TIMEOUT_MS: wholeNumber(5_000, 100, 600_000),
+  PROCEDURE_TIMEOUT_MS: wholeNumber(15_000, 100, 600_000),
   PORT: optionalString.default('3000').pipe(
     z.coerce
       .number<string>({ error: 'must be a port number (0-65535)' })
@@ -68,6 +69,8 @@ export interface Config {
   logLevel: z.infer<typeof envSchema>['LOG_LEVEL'];
   database: DatabaseTarget;
   identity: IdentityConfig;
+  /** A procedure that has not answered by then answers 503. */
+  procedureTimeoutMs: number;
   port: number;
   host: string;
 }
@@ -98,6 +101,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
         }
       : { kind: 'pglite', dataDir: vars.PGLITE_DATA_DIR },
     identity: identityConfig(vars),
+    procedureTimeoutMs: vars.PROCEDURE_TIMEOUT_MS,
     port: vars.PORT,
     host: vars.HOST,
   };

@@ -13,7 +13,11 @@ export interface ServerDeps {
   log: Logger;
   /** Signs and checks paging cursors with the secret the instances share. */
   cursors: CursorCodec;
+  /** A procedure that has not answered by then answers 503 (default 15 s). */
+  procedureTimeoutMs?: number;
 }
+
+const DEFAULT_PROCEDURE_TIMEOUT_MS = 15_000;
 
 export type Auth =
   | { status: 'verified'; identity: IdentityClaims }
@@ -49,12 +53,16 @@ export async function authenticate(
 }
 
 /** The part of the context that needs no HTTP request: what tests build directly. */
-export function createInnerContext(deps: Pick<ServerDeps, 'db' | 'log' | 'cursors'>, auth: Auth) {
+export function createInnerContext(
+  deps: Pick<ServerDeps, 'db' | 'log' | 'cursors' | 'procedureTimeoutMs'>,
+  auth: Auth,
+) {
   let member: Promise<Member> | undefined;
   return {
     db: deps.db,
     log: deps.log,
     cursors: deps.cursors,
+    procedureTimeoutMs: deps.procedureTimeoutMs ?? DEFAULT_PROCEDURE_TIMEOUT_MS,
     auth,
     /**
      * Creates or updates the caller's organization, user and membership, once per context: the

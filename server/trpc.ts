@@ -39,20 +39,32 @@ export const router = t.router;
 export const middleware = t.middleware;
 export const createCallerFactory = t.createCallerFactory;
 
-/** A database that cannot be reached or is overloaded answers 503, so clients know to retry. */
-const databaseFaultsAsUnavailable = t.middleware(async ({ next }) => {
-  const result = await next();
-  if (!result.ok && isDatabaseUnavailable(result.error.cause)) {
-    throw new TRPCError({
-      code: 'SERVICE_UNAVAILABLE',
-      message: 'The service is temporarily unavailable; try again shortly',
-      cause: result.error.cause,
-    });
+const unavailable = (cause: unknown) =>
+  new TRPCError({ code: 'SERVICE_UNAVAILABLE', message: 'The service is temporarily unavailable; try again shortly', cause });
+
+/**
+ * A database that cannot be reached or is overloaded answers 503, so clients know to retry; so
+ * does a call with no answer after `ctx.procedureTimeoutMs`. The timeouts on connections and
+ * statements end nearly every stuck call sooner; this bounds whatever they miss.
+ */
+const unavailableWhenStuck = t.middleware(async ({ ctx, next }) => {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(unavailable(new Error(`No answer within ${ctx.procedureTimeoutMs} ms`))),
+      ctx.procedureTimeoutMs,
+    );
+  });
+  try {
+    const result = await Promise.race([next(), deadline]);
+    if (!result.ok && isDatabaseUnavailable(result.error.cause)) throw unavailable(result.error.cause);
+    return result;
+  } finally {
+    clearTimeout(timer);
   }
-  return result;
 });
 
-export const publicProcedure = t.procedure.use(databaseFaultsAsUnavailable);
+export const publicProcedure = t.procedure.use(unavailableWhenStuck);
 
 /** Refuses a request without a valid access token. Verifying needs no database. */
 export const signedInProcedure = publicProcedure.use(({ ctx, next }) => {

@@ -8,6 +8,7 @@ describe('loadConfig', () => {
       logLevel: 'info',
       database: { kind: 'pglite', dataDir: '.data/pglite' },
       identity: { mode: 'local', keyFile: '.data/local-identity/signing-key.json' },
+      procedureTimeoutMs: 15_000,
       port: 3000,
       host: '127.0.0.1',
     });
@@ -57,7 +58,9 @@ describe('loadConfig', () => {
       DATABASE_POOL_SIZE: '25',
       DATABASE_CONNECT_TIMEOUT_SECONDS: '2',
       DATABASE_STATEMENT_TIMEOUT_MS: '1500',
+      PROCEDURE_TIMEOUT_MS: '4000',
     });
+    expect(config.procedureTimeoutMs).toBe(4_000);
     expect(config.identity).toMatchObject({ keySet: { maxAgeMs: 120_000, cooldownMs: 5_000 } });
     expect(config.database).toMatchObject({ poolSize: 25, connectTimeoutSeconds: 2, statementTimeoutMs: 1_500 });
   });

@@ -107,6 +107,28 @@ describe.skipIf(!databaseUrl)('with the database behind a proxy that the test cu
     });
   });
 
+  it('answers 503 when a call outlasts the procedure timeout, whatever it waits for', async () => {
+    // A pool whose own limits would wait 65 s on a stalled connection, behind a 1 s procedure timeout.
+    const patient = openDatabase({ kind: 'postgres', url: proxy.urlFor(databaseUrl as string), statementTimeoutMs: 60_000 });
+    const server = await startHttpServer(app, { db: patient.db, pingDatabase: patient.ping, procedureTimeoutMs: 1_000 });
+    try {
+      const token = await app.idp.mintToken();
+      await server.clientFor(token).me.query();
+      proxy.setState('stall');
+      const started = performance.now();
+      const error = await clientError(server.clientFor(token).chat.getActiveSession.query());
+      expect(error.data?.httpStatus).toBe(503);
+      expect(error.message).toBe('The service is temporarily unavailable; try again shortly');
+      expect(performance.now() - started).toBeLessThan(5_000);
+      const logged = app.logs.find((line) => line.msg === 'Request failed' && JSON.stringify(line.err).includes('No answer within 1000 ms'));
+      expect(logged).toBeDefined();
+    } finally {
+      proxy.setState('up');
+      await server.close();
+      await patient.close();
+    }
+  });
+
   it('checks input before the database: bad input answers 400 even while the database is down', async () => {
     const token = await app.idp.mintToken();
     proxy.setState('cut');

@@ -37,6 +37,7 @@ describe.skipIf(!inject('databaseUrl'))(`${INSTANCES} instances started at once 
               audience: [idp.audience],
               keySet: { maxAgeMs: 600_000, cooldownMs: 30_000 },
             },
+            procedureTimeoutMs: 15_000,
             port: 0,
             host: '127.0.0.1',
           },

@@ -32,14 +32,10 @@ export async function startTestApp() {
     cursors: await createSharedCursorCodec(database.db),
   };
 
-  /** A `createCaller` caller whose context is built from this header exactly as for an HTTP request. */
-  async function callerWithAuthorization(authorization: string | undefined) {
-    return createCaller(createInnerContext(deps, await authenticate(deps, authorization)));
-  }
-
-  /** The same, for `Authorization: Bearer <token>` (or no header when `token` is undefined). */
-  function callerFor(token: string | undefined) {
-    return callerWithAuthorization(token === undefined ? undefined : `Bearer ${token}`);
+  /** A `createCaller` caller whose context is built from this token exactly as for an HTTP request. */
+  async function callerFor(token: string | undefined) {
+    const auth = await authenticate(deps, token === undefined ? undefined : `Bearer ${token}`);
+    return createCaller(createInnerContext(deps, auth));
   }
 
   return {
@@ -49,7 +45,6 @@ export async function startTestApp() {
     deps,
     logs,
     callerFor,
-    callerWithAuthorization,
     async close() {
       await idp.close();
       await database.close();

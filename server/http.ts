@@ -4,6 +4,7 @@ import { getHTTPStatusCodeFromError } from '@trpc/server/http';
 import { createHTTPHandler } from '@trpc/server/adapters/standalone';
 import { MAX_BATCH_SIZE, MAX_BODY_BYTES } from '../client/limits.js';
 import { type ServerDeps, createRequestContext } from './context.js';
+import { withDeadline } from './deadline.js';
 import { appRouter } from './root.js';
 
 export interface HttpServerDeps extends ServerDeps {
@@ -50,7 +51,8 @@ export function createHttpServer(deps: HttpServerDeps): http.Server {
     if (pathname.startsWith('/trpc/')) return trpcHandler(req, res);
     if (pathname === '/healthz') return sendJson(res, 200, { status: 'ok' });
     if (pathname === '/readyz') {
-      withTimeout(deps.pingDatabase(), READINESS_TIMEOUT_MS).then(
+      const timedOut = () => new Error(`timed out after ${READINESS_TIMEOUT_MS} ms`);
+      withDeadline(deps.pingDatabase(), READINESS_TIMEOUT_MS, timedOut).then(
         () => sendJson(res, 200, { status: 'ready' }),
         (error: unknown) => {
           deps.log.warn({ err: error, requestId }, 'Readiness check failed: database unavailable');
@@ -69,12 +71,4 @@ export function createHttpServer(deps: HttpServerDeps): http.Server {
 
 function sendJson(res: http.ServerResponse, status: number, body: unknown) {
   res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
-}
-
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }

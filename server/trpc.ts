@@ -4,6 +4,7 @@ import { ZodError, z } from 'zod';
 import { isDatabaseUnavailable } from '../db/errors.js';
 import { AccessTokenError } from './auth/access-token.js';
 import type { Context, Member } from './context.js';
+import { withDeadline } from './deadline.js';
 
 const t = initTRPC.context<Context>().create({
   transformer: superjson,
@@ -48,20 +49,11 @@ const unavailable = (cause: unknown) =>
  * statements end nearly every stuck call sooner; this bounds whatever they miss.
  */
 const unavailableWhenStuck = t.middleware(async ({ ctx, next }) => {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(unavailable(new Error(`No answer within ${ctx.procedureTimeoutMs} ms`))),
-      ctx.procedureTimeoutMs,
-    );
-  });
-  try {
-    const result = await Promise.race([next(), deadline]);
-    if (!result.ok && isDatabaseUnavailable(result.error.cause)) throw unavailable(result.error.cause);
-    return result;
-  } finally {
-    clearTimeout(timer);
-  }
+  const result = await withDeadline(next(), ctx.procedureTimeoutMs, () =>
+    unavailable(new Error(`No answer within ${ctx.procedureTimeoutMs} ms`)),
+  );
+  if (!result.ok && isDatabaseUnavailable(result.error.cause)) throw unavailable(result.error.cause);
+  return result;
 });
 
 export const publicProcedure = t.procedure.use(unavailableWhenStuck);

@@ -1,9 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { and, eq, sql } from 'drizzle-orm';
-import postgres from 'postgres';
 import { inject } from 'vitest';
 import { type Database, type DatabaseHandle, openDatabase } from '../../db/database.js';
 import { organizationMembers } from '../../db/schema.js';
+import { createDatabase } from './new-database.js';
 
 /** This run's PostgreSQL database when DATABASE_URL is set, else a fresh in-memory PGlite. */
 export async function openTestDatabase(): Promise<DatabaseHandle> {
@@ -19,19 +19,7 @@ export async function openTestDatabase(): Promise<DatabaseHandle> {
  */
 export async function createEmptyDatabase(prefix: string) {
   const runUrl = inject('databaseUrl');
-  if (!runUrl) return undefined;
-  const admin = postgres(runUrl, { max: 1, onnotice: () => {} });
-  const name = `${prefix}_${randomBytes(6).toString('hex')}`;
-  await admin.unsafe(`create database "${name}"`);
-  const url = new URL(runUrl);
-  url.pathname = `/${name}`;
-  return {
-    url: url.toString(),
-    async drop() {
-      await admin.unsafe(`drop database "${name}" with (force)`);
-      await admin.end();
-    },
-  };
+  return runUrl ? createDatabase(runUrl, prefix) : undefined;
 }
 
 /**

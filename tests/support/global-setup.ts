@@ -1,6 +1,5 @@
-import { randomBytes } from 'node:crypto';
-import postgres from 'postgres';
 import type { TestProject } from 'vitest/node';
+import { createDatabase } from './new-database.js';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -15,15 +14,7 @@ export default async function setup(project: TestProject) {
   project.provide('databaseUrl', undefined);
   if (!serverUrl) return;
 
-  const name = `test_${randomBytes(6).toString('hex')}`;
-  const admin = postgres(serverUrl, { max: 1, onnotice: () => {} });
-  await admin.unsafe(`create database "${name}"`);
-  const url = new URL(serverUrl);
-  url.pathname = `/${name}`;
-  project.provide('databaseUrl', url.toString());
-
-  return async () => {
-    await admin.unsafe(`drop database if exists "${name}" with (force)`);
-    await admin.end();
-  };
+  const database = await createDatabase(serverUrl, 'test');
+  project.provide('databaseUrl', database.url);
+  return database.drop;
 }

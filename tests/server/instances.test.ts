@@ -82,13 +82,16 @@ describe.skipIf(!inject('databaseUrl'))(`${INSTANCES} instances started at once 
     expect(new Set(sessionIdsOf.flatMap((ids) => [...ids])).size).toBe(people.length);
 
     const { db } = database;
-    const rows = async (table: typeof organizations | typeof organizationMembers | typeof chatSessions, where: ReturnType<typeof eq>) =>
+    const rows = async (
+      table: typeof organizations | typeof organizationMembers | typeof chatSessions | typeof users,
+      where: ReturnType<typeof eq>,
+    ) =>
       (await db.select({ n: count() }).from(table).where(where))[0]?.n;
     expect(await rows(organizations, eq(organizations.id, tenantId))).toBe(1);
     expect(await rows(organizationMembers, eq(organizationMembers.organizationId, tenantId))).toBe(people.length);
     expect(await rows(chatSessions, eq(chatSessions.organizationId, tenantId))).toBe(people.length);
     for (const sub of people) {
-      expect((await db.select({ n: count() }).from(users).where(eq(users.id, sub)))[0]?.n).toBe(1);
+      expect(await rows(users, eq(users.id, sub))).toBe(1);
     }
   });
 

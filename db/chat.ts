@@ -1,7 +1,8 @@
-import { and, desc, eq, sql } from 'drizzle-orm';
+import { and, desc, eq, is, sql } from 'drizzle-orm';
+import { PgTransaction } from 'drizzle-orm/pg-core';
 import type { Database } from './database.js';
 import { isUniqueViolation } from './errors.js';
-import { readOrInsert } from './read-or-insert.js';
+import { readOrInsertQuery } from './read-or-insert.js';
 import { DEFAULT_SESSION_TITLE, type MessageRole, chatMessages, chatSessions, organizationMembers } from './schema.js';
 
 /**
@@ -43,17 +44,53 @@ const ownedBy = (owner: SessionOwner) =>
 const ownedSession = (owner: SessionOwner, id: string) => and(eq(chatSessions.id, id), ownedBy(owner));
 
 /**
- * The owner's active session, created when there is none, in one statement. When concurrent first
- * calls race, the partial unique index lets one insert win and the others return its row.
+ * The owner's active session, created when there is none. When concurrent first calls race, the
+ * partial unique index lets one insert win and the others return its row.
+ *
+ * Every signed-in page load asks for it, so it costs one statement, prepared once per database
+ * handle (PostgreSQL plans it once per connection): outside a transaction, a plain read, which
+ * finds the session on all but the first call; inside one (the transaction that provisions a
+ * caller on their first request), read-or-insert at once. A plain read that finds nothing falls
+ * back to read-or-insert.
  */
 export async function getOrCreateActiveSession(db: Database, owner: SessionOwner) {
-  const { id, title, isActive, createdAt, updatedAt, created } = await readOrInsert(db, chatSessions, {
-    where: and(ownedBy(owner), eq(chatSessions.isActive, true))!,
-    columns: sql`user_id, organization_id`,
-    values: sql`${owner.userId}, ${owner.organizationId}`,
-    onConflict: sql`on conflict (user_id, organization_id) where is_active do update set is_active = ${chatSessions.isActive}`,
-  });
+  const placeholders = { userId: owner.userId, organizationId: owner.organizationId };
+  if (!is(db, PgTransaction)) {
+    const [session] = await preparedFor(db, readActiveSession).execute(placeholders);
+    if (session) return { session, created: false };
+  }
+  const [row] = await preparedFor(db, readOrInsertActiveSession).execute(placeholders);
+  if (!row) throw new Error('reading or inserting the active session returned no row');
+  const { id, title, isActive, createdAt, updatedAt, created } = row;
   return { session: { id, title, isActive, createdAt, updatedAt }, created };
+}
+
+const activeSessionOf = and(
+  eq(chatSessions.userId, sql.placeholder('userId')),
+  eq(chatSessions.organizationId, sql.placeholder('organizationId')),
+  eq(chatSessions.isActive, true),
+)!;
+
+const readActiveSession = (db: Database) =>
+  db.select(sessionColumns).from(chatSessions).where(activeSessionOf).prepare('read_active_session');
+
+const readOrInsertActiveSession = (db: Database) =>
+  readOrInsertQuery(db, chatSessions, {
+    where: activeSessionOf,
+    columns: sql`user_id, organization_id`,
+    values: sql`${sql.placeholder('userId')}, ${sql.placeholder('organizationId')}`,
+    onConflict: sql`on conflict (user_id, organization_id) where is_active do update set is_active = ${chatSessions.isActive}`,
+  }).prepare('read_or_insert_active_session');
+
+const prepared = new WeakMap<Database, Map<unknown, unknown>>();
+
+/** `prepare(db)`, once per database handle or transaction. */
+function preparedFor<Query>(db: Database, prepare: (db: Database) => Query): Query {
+  let queries = prepared.get(db);
+  if (!queries) prepared.set(db, (queries = new Map()));
+  let query = queries.get(prepare) as Query | undefined;
+  if (!query) queries.set(prepare, (query = prepare(db)));
+  return query;
 }
 
 /** A new session, made the owner's only active one in the same transaction. */

@@ -11,7 +11,14 @@ import { migrate as migratePostgres } from 'drizzle-orm/postgres-js/migrator';
 import postgres from 'postgres';
 import * as schema from './schema.js';
 
-/** The database or a transaction: every data-access function accepts either. */
+/**
+ * The database or a transaction: every data-access function accepts either.
+ *
+ * Statements that run on every request or every login are `.prepare()`d. Unprepared, postgres.js
+ * first asks the server for the types of a statement's parameters and only then runs it: two
+ * round trips. Prepared, it names the statement on each connection and, after its first use
+ * there, runs it in one; PostgreSQL also plans it once per connection.
+ */
 export type Database = PgDatabase<PgQueryResultHKT, typeof schema>;
 
 export interface DatabaseHandle {
@@ -42,16 +49,23 @@ const migrationsFolder = fileURLToPath(new URL('./migrations', import.meta.url))
 // Any constant works; it only has to be the same in every instance of this service.
 const MIGRATION_LOCK_ID = 7_302_118_804;
 
-export function openDatabase(target: DatabaseTarget): DatabaseHandle {
-  return target.kind === 'postgres' ? openPostgres(target) : openPglite(target.dataDir);
+export interface DatabaseObserver {
+  /**
+   * Called with the text of every statement the data-access code sends, and with `begin` and
+   * `commit` (or `rollback`) around each transaction: for counting statements per request
+   * (tests, `npm run bench`). Savepoints inside a transaction are not reported.
+   */
+  onStatement?: ((text: string) => void) | undefined;
 }
 
-function openPostgres({
-  url,
-  poolSize = 10,
-  connectTimeoutSeconds = 5,
-  statementTimeoutMs = 5_000,
-}: Extract<DatabaseTarget, { kind: 'postgres' }>): DatabaseHandle {
+export function openDatabase(target: DatabaseTarget, observer: DatabaseObserver = {}): DatabaseHandle {
+  return target.kind === 'postgres' ? openPostgres(target, observer) : openPglite(target.dataDir, observer);
+}
+
+function openPostgres(
+  { url, poolSize = 10, connectTimeoutSeconds = 5, statementTimeoutMs = 5_000 }: Extract<DatabaseTarget, { kind: 'postgres' }>,
+  { onStatement }: DatabaseObserver,
+): DatabaseHandle {
   // A live server answers every statement within statement_timeout (a result or an error), so
   // a connection silent for longer than that is lost, not busy.
   const silenceMs = statementTimeoutMs + 5_000;
@@ -79,7 +93,7 @@ function openPostgres({
     },
   };
   const client = postgres(url, options);
-  const db = drizzlePostgres(client, { schema });
+  const db = observed(drizzlePostgres(client, { schema, logger: statementLogger(onStatement) }), onStatement);
   return {
     db,
     kind: 'postgres',
@@ -101,10 +115,10 @@ function openPostgres({
   };
 }
 
-function openPglite(dataDir: string | undefined): DatabaseHandle {
+function openPglite(dataDir: string | undefined, { onStatement }: DatabaseObserver): DatabaseHandle {
   if (dataDir) mkdirSync(dataDir, { recursive: true });
   const client = new PGlite(dataDir);
-  const db = drizzlePglite(client, { schema });
+  const db = observed(drizzlePglite(client, { schema, logger: statementLogger(onStatement) }), onStatement);
   return {
     db,
     kind: 'pglite',
@@ -113,6 +127,29 @@ function openPglite(dataDir: string | undefined): DatabaseHandle {
     ping: () => ping(db),
     close: () => client.close(),
   };
+}
+
+/** Drizzle's logger hears every statement sent outside and inside transactions, and nothing else. */
+function statementLogger(onStatement: DatabaseObserver['onStatement']) {
+  return onStatement ? { logQuery: (text: string) => onStatement(text) } : false;
+}
+
+/** Reports the `begin` and `commit` (or `rollback`) that the driver sends around a transaction itself. */
+function observed<Db extends Database>(db: Db, onStatement: DatabaseObserver['onStatement']): Db {
+  if (!onStatement) return db;
+  const transaction = db.transaction.bind(db);
+  db.transaction = async (work, config) => {
+    onStatement('begin');
+    try {
+      const result = await transaction(work, config);
+      onStatement('commit');
+      return result;
+    } catch (error) {
+      onStatement('rollback');
+      throw error;
+    }
+  };
+  return db;
 }
 
 /**

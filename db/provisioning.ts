@@ -78,10 +78,25 @@ const slugConstraints = ['organizations_slug_unique', 'organizations_s3_bucket_n
  * order organization, user, membership, so concurrent provisioning cannot deadlock.
  */
 export async function provisionIdentity(db: Database, claims: IdentityClaims): Promise<ProvisionedIdentity> {
+  return (await provisionIdentityThen(db, claims, async () => undefined)).provisioned;
+}
+
+/**
+ * `provisionIdentity`, then `work` in the same transaction, so that a first request is one
+ * transaction (one commit) however much it does. When `work` throws, nothing is provisioned.
+ */
+export async function provisionIdentityThen<T>(
+  db: Database,
+  claims: IdentityClaims,
+  work: (tx: Database, provisioned: ProvisionedIdentity) => Promise<T>,
+): Promise<{ provisioned: ProvisionedIdentity; result: T }> {
   const slugs = organizationSlugCandidates(claims.tenantId);
   for (const [attempt, slug] of slugs.entries()) {
     try {
-      return await db.transaction((tx) => provisionInTransaction(tx, claims, slug));
+      return await db.transaction(async (tx) => {
+        const provisioned = await provisionInTransaction(tx, claims, slug);
+        return { provisioned, result: await work(tx, provisioned) };
+      });
     } catch (error) {
       // Another tenant holds this slug; the organization upsert rolled the transaction back.
       if (attempt < slugs.length - 1 && isUniqueViolation(error, slugConstraints)) continue;
@@ -96,9 +111,13 @@ async function provisionInTransaction(
   claims: IdentityClaims,
   slug: string,
 ): Promise<ProvisionedIdentity> {
-  const organizationRow = await upsertOrganization(tx, claims, slug);
-  const [userRow] = await upsertUser(tx, claims);
-  const [membershipRow] = await upsertMembership(tx, claims);
+  // None needs another's result, so all three are sent at once: one round trip, not three
+  // (prepared, see `Database`). PostgreSQL still runs them in this order, the lock order.
+  const [organizationRow, [userRow], [membershipRow]] = await allInOrder([
+    upsertOrganization(tx, claims, slug),
+    upsertUser(tx, claims),
+    upsertMembership(tx, claims),
+  ]);
   if (!userRow || !membershipRow) {
     throw new Error('an upsert with RETURNING returned no row');
   }
@@ -111,6 +130,18 @@ async function provisionInTransaction(
     membership,
     created: { organization: organizationCreated, user: userCreated, membership: membershipCreated },
   };
+}
+
+/**
+ * `Promise.all` for statements sent together: when one fails, PostgreSQL fails the later ones
+ * too ("transaction is aborted"), so the error to report is the first in the order given,
+ * whichever rejection JavaScript happens to see first.
+ */
+async function allInOrder<T extends readonly unknown[]>(promises: { [K in keyof T]: Promise<T[K]> }): Promise<T> {
+  const settled = await Promise.allSettled(promises);
+  const failed = settled.find((result): result is PromiseRejectedResult => result.status === 'rejected');
+  if (failed) throw failed.reason;
+  return settled.map((result) => (result as PromiseFulfilledResult<unknown>).value) as unknown as T;
 }
 
 /**
@@ -163,7 +194,9 @@ function upsertUser(tx: Database, claims: IdentityClaims) {
           (${sql.join(Object.values(next), sql`, `)}) then now() else ${users.updatedAt} end`,
       },
     })
-    .returning({ ...getTableColumns(users), created: createdNow });
+    .returning({ ...getTableColumns(users), created: createdNow })
+    .prepare('upsert_user')
+    .execute();
 }
 
 function upsertMembership(tx: Database, claims: IdentityClaims) {
@@ -180,5 +213,7 @@ function upsertMembership(tx: Database, claims: IdentityClaims) {
           then now() else ${organizationMembers.updatedAt} end`,
       },
     })
-    .returning({ ...getTableColumns(organizationMembers), created: createdNow });
+    .returning({ ...getTableColumns(organizationMembers), created: createdNow })
+    .prepare('upsert_membership')
+    .execute();
 }

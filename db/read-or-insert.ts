@@ -23,7 +23,18 @@ export interface ReadOrInsert {
  * with `created` telling which happened. An existing row is only read: no lock and no write, so
  * callers that find it never queue behind each other.
  */
-export async function readOrInsert<Table extends PgTable>(
+export async function readOrInsert<Table extends PgTable>(db: Database, table: Table, parts: ReadOrInsert) {
+  // Prepared: see `Database`.
+  const [found] = await readOrInsertQuery(db, table, parts).prepare(`read_or_insert_${getTableName(table)}`).execute();
+  if (!found) throw new Error(`reading or inserting into ${getTableName(table)} returned no row`);
+  return found;
+}
+
+/**
+ * The statement of `readOrInsert`, not yet run: to `.prepare()` it once and run it many times
+ * with `sql.placeholder`s in `where` and `values`. It returns one row.
+ */
+export function readOrInsertQuery<Table extends PgTable>(
   db: Database,
   table: Table,
   { where, columns, values, onConflict }: ReadOrInsert,
@@ -45,10 +56,12 @@ export async function readOrInsert<Table extends PgTable>(
   // Data-modifying CTEs must sit at the top level, so the union is a CTE of its own.
   const row = db.$with('row', returned).as(sql`select * from ${existing} union all select * from ${inserted}`);
   // Drizzle cannot resolve a CTE's row type for a generic table; it is the table's row plus `created`.
-  const rows = (await db.with(existing, inserted, row).select().from(row as never)) as (Table['$inferSelect'] & {
-    created: boolean;
-  })[];
-  const [found] = rows;
-  if (!found) throw new Error(`reading or inserting into ${getTableName(table)} returned no row`);
-  return found;
+  return db.with(existing, inserted, row).select().from(row as never) as unknown as ReadOrInsertQuery<
+    Table['$inferSelect'] & { created: boolean }
+  >;
+}
+
+/** What `readOrInsertQuery` gives: awaited, or prepared and executed. */
+export interface ReadOrInsertQuery<Row> extends PromiseLike<Row[]> {
+  prepare(name: string): { execute(placeholders?: Record<string, unknown>): Promise<Row[]> };
 }

@@ -1,13 +1,14 @@
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
-import { openDatabase } from '../db/database.js';
-import { type AccessTokenVerifier, createAccessTokenVerifier } from './auth/access-token.js';
+import { type DatabaseObserver, openDatabase } from '../db/database.js';
+import { type AccessTokenVerifier, type AccessTokenVerifierOptions, createAccessTokenVerifier } from './auth/access-token.js';
 import { createRemoteKeySet } from './auth/key-set.js';
 import { LOCAL_AUDIENCE, LOCAL_ISSUER, createLocalKeySet, loadOrCreateLocalSigningKey } from './auth/local-identity.js';
-import type { Config, IdentityConfig } from './config.js';
+import type { Config } from './config.js';
 import { createSharedCursorCodec } from './cursor.js';
 import { createHttpServer } from './http.js';
 import type { Logger } from './logger.js';
+import { createMemberCache } from './member-cache.js';
 
 export interface RunningServer {
   url: string;
@@ -15,19 +16,25 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
+/** Counters a caller can attach: each is told of one event (`npm run bench` counts them). */
+export interface ServerObservers extends DatabaseObserver {
+  onTokenAccepted?: AccessTokenVerifierOptions['onAccepted'];
+}
+
 /** Opens the database, applies pending migrations and listens. */
-export async function startServer(config: Config, log: Logger): Promise<RunningServer> {
-  const database = openDatabase(config.database);
+export async function startServer(config: Config, log: Logger, observers: ServerObservers = {}): Promise<RunningServer> {
+  const database = openDatabase(config.database, observers);
   await database.migrate();
   log.info({ database: database.kind }, 'Database ready, migrations applied');
 
   const server = createHttpServer({
     db: database.db,
     log,
-    verifyAccessToken: await createConfiguredVerifier(config.identity, log),
+    verifyAccessToken: await createConfiguredVerifier(config, log, observers.onTokenAccepted),
     cursors: await createSharedCursorCodec(database.db),
     pingDatabase: database.ping,
     procedureTimeoutMs: config.procedureTimeoutMs,
+    members: createMemberCache(config.memberCache),
   });
   server.listen(config.port, config.host);
   await once(server, 'listening');
@@ -47,13 +54,20 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   };
 }
 
-async function createConfiguredVerifier(identity: IdentityConfig, log: Logger): Promise<AccessTokenVerifier> {
+/** The token verifier `config` asks for: Frontegg's key set, or the local one. */
+export async function createConfiguredVerifier(
+  { identity, tokenCacheEntries: cacheEntries }: Pick<Config, 'identity' | 'tokenCacheEntries'>,
+  log: Logger,
+  onAccepted: AccessTokenVerifierOptions['onAccepted'],
+): Promise<AccessTokenVerifier> {
   if (identity.mode === 'frontegg') {
     log.info({ issuer: identity.issuer, jwksUrl: identity.jwksUrl, audience: identity.audience }, 'Verifying Frontegg tokens');
     return createAccessTokenVerifier({
       keySet: createRemoteKeySet({ jwksUrl: identity.jwksUrl, ...identity.keySet, log }),
       issuer: identity.issuer,
       audience: identity.audience,
+      cacheEntries,
+      onAccepted,
     });
   }
   const key = await loadOrCreateLocalSigningKey(identity.keyFile);
@@ -62,5 +76,11 @@ async function createConfiguredVerifier(identity: IdentityConfig, log: Logger): 
     'LOCAL IDENTITY MODE: no Frontegg environment is configured, so only tokens from `npm run token` are ' +
       'trusted. Set FRONTEGG_BASE_URL to verify real Frontegg tokens. Never run this way in production.',
   );
-  return createAccessTokenVerifier({ keySet: createLocalKeySet(key), issuer: LOCAL_ISSUER, audience: [LOCAL_AUDIENCE] });
+  return createAccessTokenVerifier({
+    keySet: createLocalKeySet(key),
+    issuer: LOCAL_ISSUER,
+    audience: [LOCAL_AUDIENCE],
+    cacheEntries,
+    onAccepted,
+  });
 }

@@ -1,5 +1,7 @@
 import { z } from 'zod';
 import type { DatabaseTarget } from '../db/database.js';
+import { DEFAULT_TOKEN_CACHE_ENTRIES } from './auth/access-token.js';
+import { DEFAULT_MEMBER_CACHE, type MemberCacheOptions } from './member-cache.js';
 
 const optionalString = z
   .string()
@@ -44,6 +46,9 @@ const envSchema = z.object({
   DATABASE_CONNECT_TIMEOUT_SECONDS: wholeNumber(5, 1, 300),
   DATABASE_STATEMENT_TIMEOUT_MS: wholeNumber(5_000, 100, 600_000),
   PROCEDURE_TIMEOUT_MS: wholeNumber(15_000, 100, 600_000),
+  TOKEN_CACHE_MAX_ENTRIES: wholeNumber(DEFAULT_TOKEN_CACHE_ENTRIES, 0, 1_000_000),
+  MEMBER_CACHE_MAX_ENTRIES: wholeNumber(DEFAULT_MEMBER_CACHE.maxEntries, 0, 1_000_000),
+  MEMBER_CACHE_TTL_SECONDS: wholeNumber(DEFAULT_MEMBER_CACHE.ttlMs / 1000, 0, 3_600),
   PORT: optionalString.default('3000').pipe(
     z.coerce
       .number<string>({ error: 'must be a port number (0-65535)' })
@@ -71,6 +76,10 @@ export interface Config {
   identity: IdentityConfig;
   /** A procedure that has not answered by then answers 503. */
   procedureTimeoutMs: number;
+  /** How many verified tokens are remembered until they expire (0: none). */
+  tokenCacheEntries: number;
+  /** Who counts as provisioned recently (a size or lifetime of 0: nobody). */
+  memberCache: MemberCacheOptions;
   port: number;
   host: string;
 }
@@ -102,6 +111,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       : { kind: 'pglite', dataDir: vars.PGLITE_DATA_DIR },
     identity: identityConfig(vars),
     procedureTimeoutMs: vars.PROCEDURE_TIMEOUT_MS,
+    tokenCacheEntries: vars.TOKEN_CACHE_MAX_ENTRIES,
+    memberCache: { maxEntries: vars.MEMBER_CACHE_MAX_ENTRIES, ttlMs: vars.MEMBER_CACHE_TTL_SECONDS * 1000 },
     port: vars.PORT,
     host: vars.HOST,
   };

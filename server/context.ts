@@ -1,10 +1,11 @@
 import { TRPCError } from '@trpc/server';
 import type { Database } from '../db/database.js';
-import { type IdentityClaims, provisionIdentity } from '../db/provisioning.js';
+import { type IdentityClaims, type ProvisionedIdentity, provisionIdentityThen } from '../db/provisioning.js';
 import type { Organization, OrganizationMember, User } from '../db/schema.js';
 import { AccessTokenError, type AccessTokenVerifier, parseBearerToken } from './auth/access-token.js';
 import type { CursorCodec } from './cursor.js';
 import type { Logger } from './logger.js';
+import type { MemberCache } from './member-cache.js';
 
 /** What the server is built from; tests build the same with a real database and key set. */
 export interface ServerDeps {
@@ -15,6 +16,8 @@ export interface ServerDeps {
   cursors: CursorCodec;
   /** A procedure that has not answered by then answers 503 (default 15 s). */
   procedureTimeoutMs?: number;
+  /** Who was provisioned recently, so that warm requests skip provisioning. */
+  members: MemberCache;
 }
 
 const DEFAULT_PROCEDURE_TIMEOUT_MS = 15_000;
@@ -54,10 +57,9 @@ export async function authenticate(
 
 /** The part of the context that needs no HTTP request: what tests build directly. */
 export function createInnerContext(
-  deps: Pick<ServerDeps, 'db' | 'log' | 'cursors' | 'procedureTimeoutMs'>,
+  deps: Pick<ServerDeps, 'db' | 'log' | 'cursors' | 'procedureTimeoutMs' | 'members'>,
   auth: Auth,
 ) {
-  let member: Promise<Member> | undefined;
   return {
     db: deps.db,
     log: deps.log,
@@ -65,26 +67,66 @@ export function createInnerContext(
     procedureTimeoutMs: deps.procedureTimeoutMs ?? DEFAULT_PROCEDURE_TIMEOUT_MS,
     auth,
     /**
-     * Creates or updates the caller's organization, user and membership, once per context: the
-     * calls of one HTTP batch share a context, so a batch is provisioned once.
+     * Runs `work` as the caller. When they were provisioned recently from the same claims, it
+     * runs at once on `db` with the remembered rows: no provisioning statement at all. Otherwise
+     * it runs inside the transaction that provisions them, on that transaction, so a first
+     * request is one transaction. That commits when `succeeded(result)`, and the rows are
+     * remembered; else it rolls back and `result` is returned all the same.
      */
-    provisionMember(): Promise<Member> {
+    withMember<T>(work: (member: Member, db: Database) => Promise<T>, succeeded: (result: T) => boolean): Promise<T> {
       if (auth.status !== 'verified') return Promise.reject(auth.error);
-      member ??= provisionMember(deps, auth.identity);
-      return member;
+      return withMember(deps, auth.identity, work, succeeded);
     },
   };
 }
 
 export type Context = ReturnType<typeof createInnerContext>;
 
-async function provisionMember(deps: Pick<ServerDeps, 'db' | 'log'>, identity: IdentityClaims): Promise<Member> {
-  const { organization, user, membership, created } = await provisionIdentity(deps.db, identity);
+/** Carries a result out of a transaction that it rolls back. */
+class RolledBack {
+  constructor(readonly result: unknown) {}
+}
+
+async function withMember<T>(
+  deps: Pick<ServerDeps, 'db' | 'log' | 'members'>,
+  identity: IdentityClaims,
+  work: (member: Member, db: Database) => Promise<T>,
+  succeeded: (result: T) => boolean,
+): Promise<T> {
+  const remembered = deps.members.get(identity);
+  if (remembered) return work(remembered, deps.db);
+  // Another call of this person (the rest of a batch, say) is provisioning: wait for it rather
+  // than queue behind its row locks, and provision here only if it rolled back.
+  const underWay = deps.members.underWay(identity);
+  const provisionedElsewhere = underWay && (await underWay);
+  if (provisionedElsewhere) return work(provisionedElsewhere, deps.db);
+
+  const end = deps.members.begin(identity);
+  let committed: Member | undefined;
+  try {
+    const { provisioned, result } = await provisionIdentityThen(deps.db, identity, async (tx, provisioned) => {
+      const result = await work(memberOf(provisioned), tx);
+      if (!succeeded(result)) throw new RolledBack(result);
+      return result;
+    });
+    committed = memberOf(provisioned);
+    logCreated(deps.log, provisioned);
+    return result;
+  } catch (error) {
+    if (error instanceof RolledBack) return error.result as T;
+    throw error;
+  } finally {
+    end?.(committed);
+  }
+}
+
+const memberOf = ({ user, organization, membership }: ProvisionedIdentity): Member => ({ user, organization, membership });
+
+function logCreated(log: Logger, { organization, user, membership, created }: ProvisionedIdentity) {
   const ids = { organizationId: organization.id, userId: user.id };
-  if (created.organization) deps.log.info({ ...ids, slug: organization.slug }, 'Created organization');
-  if (created.user) deps.log.info(ids, 'Created user');
-  if (created.membership) deps.log.info({ ...ids, role: membership.role }, 'Created membership');
-  return { user, organization, membership };
+  if (created.organization) log.info({ ...ids, slug: organization.slug }, 'Created organization');
+  if (created.user) log.info(ids, 'Created user');
+  if (created.membership) log.info({ ...ids, role: membership.role }, 'Created membership');
 }
 
 /** The outer context, for the HTTP adapter: reads the `Authorization` header. */

@@ -1,4 +1,5 @@
-import { type JWTVerifyGetKey, errors as joseErrors, jwtVerify } from 'jose';
+import { type FlattenedJWSInput, type JWTHeaderParameters, type JWTVerifyGetKey, errors as joseErrors, jwtVerify } from 'jose';
+import { LRUCache } from 'lru-cache';
 import { z } from 'zod';
 import type { IdentityClaims } from '../../db/provisioning.js';
 import { KeySetUnavailableError } from './key-set.js';
@@ -34,7 +35,16 @@ export interface AccessTokenVerifierOptions {
   issuer: string;
   /** When set, the token's `aud` must contain one of these. */
   audience?: readonly string[] | undefined;
+  /**
+   * How many verified tokens to remember (least recently used first out), so that a token seen
+   * again skips the RSA check. 0 verifies every time. Default 10,000.
+   */
+  cacheEntries?: number;
+  /** Told how each accepted token was accepted: its signature checked, or remembered (metrics, tests). */
+  onAccepted?: ((how: 'signature' | 'remembered') => void) | undefined;
 }
+
+export const DEFAULT_TOKEN_CACHE_ENTRIES = 10_000;
 
 /** Headers above this size are refused before any parsing. */
 export const MAX_AUTHORIZATION_HEADER_BYTES = 8 * 1024;
@@ -72,18 +82,79 @@ const claimsSchema = z.object({
   roles: z.array(z.string().max(256)).max(256).nullish(),
 });
 
+/**
+ * Verifies Frontegg user tokens. A verified token is remembered until its `exp` (never longer),
+ * together with the key that verified it; using it again asks the key set for that key once more,
+ * a lookup in memory, and checks it afresh when the key set answers otherwise (a rotation or a
+ * withdrawn key). A token that failed is never remembered.
+ */
 export function createAccessTokenVerifier(options: AccessTokenVerifierOptions): AccessTokenVerifier {
-  const audience = options.audience?.length ? [...options.audience] : undefined;
+  const { onAccepted } = options;
+  const uncached = createUncachedVerifier(options);
+  const verify = async (token: string) => {
+    const fresh = await uncached(token);
+    onAccepted?.('signature');
+    return fresh;
+  };
+  const entries = options.cacheEntries ?? DEFAULT_TOKEN_CACHE_ENTRIES;
+  if (entries === 0) return async (token) => (await verify(token)).verified;
+  const cache = new LRUCache<string, VerifiedWithKey>({ max: entries });
+
   return async (token) => {
+    const cached = cache.get(token);
+    if (cached) {
+      if (cached.verified.expiresAt.getTime() > Date.now() && (await keyStillServes(options.keySet, token, cached))) {
+        onAccepted?.('remembered');
+        return cached.verified;
+      }
+      cache.delete(token);
+    }
+    const fresh = await verify(token);
+    const lifetimeMs = fresh.verified.expiresAt.getTime() - Date.now();
+    if (lifetimeMs > 0) cache.set(token, fresh, { ttl: lifetimeMs });
+    return fresh.verified;
+  };
+}
+
+interface VerifiedWithKey {
+  verified: VerifiedAccessToken;
+  header: JWTHeaderParameters;
+  /** What the key set answered for this token's header when it was verified. */
+  key: unknown;
+}
+
+async function keyStillServes(keySet: JWTVerifyGetKey, token: string, cached: VerifiedWithKey): Promise<boolean> {
+  const [protectedHeader = '', payload = '', signature = ''] = token.split('.');
+  const input: FlattenedJWSInput = { protected: protectedHeader, payload, signature };
+  try {
+    return (await keySet(cached.header, input)) === cached.key;
+  } catch {
+    // Whatever the key set says now (an unknown kid, an outage) is for the full check to answer.
+    return false;
+  }
+}
+
+function createUncachedVerifier(options: AccessTokenVerifierOptions) {
+  const audience = options.audience?.length ? [...options.audience] : undefined;
+  return async (token: string): Promise<VerifiedWithKey> => {
     let payload;
+    let used: Pick<VerifiedWithKey, 'header' | 'key'> | undefined;
     try {
-      ({ payload } = await jwtVerify(token, options.keySet, {
-        algorithms: ['RS256'],
-        issuer: options.issuer,
-        audience,
-        requiredClaims: ['exp', 'sub', 'tenantId'],
-        clockTolerance: CLOCK_TOLERANCE_SECONDS,
-      }));
+      ({ payload } = await jwtVerify(
+        token,
+        async (header, input) => {
+          const key = await options.keySet(header, input);
+          used = { header, key };
+          return key;
+        },
+        {
+          algorithms: ['RS256'],
+          issuer: options.issuer,
+          audience,
+          requiredClaims: ['exp', 'sub', 'tenantId'],
+          clockTolerance: CLOCK_TOLERANCE_SECONDS,
+        },
+      ));
     } catch (error) {
       throw toAccessTokenError(error);
     }
@@ -94,19 +165,19 @@ export function createAccessTokenVerifier(options: AccessTokenVerifierOptions): 
     if (claims.data.type !== 'userToken') {
       throw new AccessTokenError('unsupported_token_type', 'Only user tokens (type "userToken") are accepted');
     }
+    if (!used) throw new Error('jose verified a token without asking the key set');
     const { exp, sub, tenantId, email, name, profilePictureUrl, email_verified, roles } = claims.data;
-    return {
-      identity: {
-        userId: sub,
-        tenantId,
-        email,
-        name,
-        avatarUrl: profilePictureUrl,
-        emailVerified: email_verified ?? undefined,
-        roles: roles ?? [],
-      },
-      expiresAt: new Date(exp * 1000),
-    };
+    // Shared by every request that presents this token again, so nobody may change it.
+    const identity: IdentityClaims = Object.freeze({
+      userId: sub,
+      tenantId,
+      email,
+      name,
+      avatarUrl: profilePictureUrl,
+      emailVerified: email_verified ?? undefined,
+      roles: Object.freeze([...(roles ?? [])]),
+    });
+    return { verified: Object.freeze({ identity, expiresAt: new Date(exp * 1000) }), ...used };
   };
 }
 

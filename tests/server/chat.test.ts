@@ -21,8 +21,8 @@ function newPerson(tenantId: string = randomUUID()): Person {
   return { sub: randomUUID(), tenantId };
 }
 
-async function callerAs(person: Person) {
-  return app.callerFor(await app.idp.mintToken({ claims: { sub: person.sub, tenantId: person.tenantId } }));
+async function callerAs(person: Person, options: { provisionEveryRequest?: boolean } = {}) {
+  return app.callerFor(await app.idp.mintToken({ claims: { sub: person.sub, tenantId: person.tenantId } }), options);
 }
 
 
@@ -86,7 +86,7 @@ describe('every chat procedure', () => {
     await caller.chat.sendMessage({ sessionId: session.id, content: 'before' });
     const before = await storedState(session.id);
     await deactivateMembership(app.db, { userId: person.sub, organizationId: person.tenantId });
-    await expectTRPCError(call(await callerAs(person), session.id), 'FORBIDDEN');
+    await expectTRPCError(call(await callerAs(person, { provisionEveryRequest: true }), session.id), 'FORBIDDEN');
     expect(await storedState(session.id)).toEqual(before);
     expect(await activeSessionIds(person)).toEqual([session.id]);
   });

@@ -9,6 +9,8 @@ describe('loadConfig', () => {
       database: { kind: 'pglite', dataDir: '.data/pglite' },
       identity: { mode: 'local', keyFile: '.data/local-identity/signing-key.json' },
       procedureTimeoutMs: 15_000,
+      tokenCacheEntries: 10_000,
+      memberCache: { maxEntries: 10_000, ttlMs: 60_000 },
       port: 3000,
       host: '127.0.0.1',
     });
@@ -65,10 +67,22 @@ describe('loadConfig', () => {
     expect(config.database).toMatchObject({ poolSize: 25, connectTimeoutSeconds: 2, statementTimeoutMs: 1_500 });
   });
 
+  it('reads the cache sizes and lifetime, where 0 turns a cache off', () => {
+    const config = loadConfig({
+      TOKEN_CACHE_MAX_ENTRIES: '0',
+      MEMBER_CACHE_MAX_ENTRIES: '500',
+      MEMBER_CACHE_TTL_SECONDS: '15',
+    });
+    expect(config.tokenCacheEntries).toBe(0);
+    expect(config.memberCache).toEqual({ maxEntries: 500, ttlMs: 15_000 });
+  });
+
   it.each([
     [{ DATABASE_STATEMENT_TIMEOUT_MS: '0' }, 'Invalid configuration: DATABASE_STATEMENT_TIMEOUT_MS must be a whole number from 100 to 600000'],
     [{ DATABASE_POOL_SIZE: 'many' }, /^Invalid configuration: DATABASE_POOL_SIZE must be a whole number/],
     [{ FRONTEGG_JWKS_COOLDOWN_SECONDS: '1.5' }, /^Invalid configuration: FRONTEGG_JWKS_COOLDOWN_SECONDS must be a whole number/],
+    [{ MEMBER_CACHE_TTL_SECONDS: '7200' }, 'Invalid configuration: MEMBER_CACHE_TTL_SECONDS must be a whole number from 0 to 3600'],
+    [{ TOKEN_CACHE_MAX_ENTRIES: '-1' }, /^Invalid configuration: TOKEN_CACHE_MAX_ENTRIES must be a whole number/],
     [{ PORT: '70000' }, 'Invalid configuration: PORT must be a port number (0-65535)'],
     [{ DATABASE_URL: 'mysql://db/chat' }, 'Invalid configuration: DATABASE_URL must be a postgres:// or postgresql:// URL'],
     [{ FRONTEGG_BASE_URL: 'app-abc.frontegg.com' }, 'Invalid configuration: FRONTEGG_BASE_URL must be an http(s) URL'],

@@ -6,6 +6,8 @@ import { createApiClient } from '../../client/index.js';
 import { type DatabaseHandle, openDatabase } from '../../db/database.js';
 import { chatSessions, organizationMembers, organizations, users } from '../../db/schema.js';
 import { type RunningServer, startServer } from '../../server/app.js';
+import { DEFAULT_TOKEN_CACHE_ENTRIES } from '../../server/auth/access-token.js';
+import { DEFAULT_MEMBER_CACHE } from '../../server/member-cache.js';
 import { createEmptyDatabase } from '../support/database.js';
 import { type TestIdentityProvider, startIdentityProvider } from '../support/identity-provider.js';
 
@@ -38,6 +40,8 @@ describe.skipIf(!inject('databaseUrl'))(`${INSTANCES} instances started at once 
               keySet: { maxAgeMs: 600_000, cooldownMs: 30_000 },
             },
             procedureTimeoutMs: 15_000,
+            tokenCacheEntries: DEFAULT_TOKEN_CACHE_ENTRIES,
+            memberCache: DEFAULT_MEMBER_CACHE,
             port: 0,
             host: '127.0.0.1',
           },

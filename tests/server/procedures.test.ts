@@ -16,8 +16,8 @@ function person(tenantId: string, overrides: Record<string, unknown> = {}) {
   return { sub: randomUUID(), tenantId, ...overrides };
 }
 
-async function callerAs(claims: Record<string, unknown>) {
-  return app.callerFor(await app.idp.mintToken({ claims }));
+async function callerAs(claims: Record<string, unknown>, options: { provisionEveryRequest?: boolean } = {}) {
+  return app.callerFor(await app.idp.mintToken({ claims }), options);
 }
 
 
@@ -60,7 +60,7 @@ describe('me', () => {
     const claims = person(randomUUID());
     await (await callerAs(claims)).me();
     await deactivateMembership(app.db, { userId: claims.sub, organizationId: claims.tenantId });
-    const error = await expectTRPCError((await callerAs(claims)).me(), 'FORBIDDEN');
+    const error = await expectTRPCError((await callerAs(claims, { provisionEveryRequest: true })).me(), 'FORBIDDEN');
     expect(error.message).toMatch(/deactivated/);
   });
 

@@ -1,14 +1,14 @@
 import { randomBytes } from 'node:crypto';
 import { and, eq, sql } from 'drizzle-orm';
 import { inject } from 'vitest';
-import { type Database, type DatabaseHandle, openDatabase } from '../../db/database.js';
+import { type Database, type DatabaseHandle, type DatabaseObserver, openDatabase } from '../../db/database.js';
 import { organizationMembers } from '../../db/schema.js';
 import { createDatabase } from './new-database.js';
 
 /** This run's PostgreSQL database when DATABASE_URL is set, else a fresh in-memory PGlite. */
-export async function openTestDatabase(): Promise<DatabaseHandle> {
+export async function openTestDatabase(observer: DatabaseObserver = {}): Promise<DatabaseHandle> {
   const url = inject('databaseUrl');
-  const database = openDatabase(url ? { kind: 'postgres', url } : { kind: 'pglite' });
+  const database = openDatabase(url ? { kind: 'postgres', url } : { kind: 'pglite' }, observer);
   await database.migrate();
   return database;
 }

@@ -7,16 +7,18 @@ import { createRemoteKeySet } from '../../server/auth/key-set.js';
 import { type ServerDeps, authenticate, createInnerContext } from '../../server/context.js';
 import { createSharedCursorCodec } from '../../server/cursor.js';
 import { type HttpServerDeps, createHttpServer } from '../../server/http.js';
+import { type MemberCache, createMemberCache } from '../../server/member-cache.js';
 import { createCaller } from '../../server/root.js';
 import { openTestDatabase } from './database.js';
 import { startIdentityProvider } from './identity-provider.js';
 
 /**
  * The real server parts wired as `npm start` wires them, on the test database, trusting the
- * test identity provider's key set. Log lines are kept in `logs` for assertions.
+ * test identity provider's key set. Log lines are kept in `logs` for assertions. `onStatement`
+ * hears every statement sent (see `DatabaseObserver`); `members` replaces the member cache.
  */
-export async function startTestApp() {
-  const database = await openTestDatabase();
+export async function startTestApp(options: { onStatement?: (text: string) => void; members?: MemberCache } = {}) {
+  const database = await openTestDatabase({ onStatement: options.onStatement });
   const idp = await startIdentityProvider();
   const logs: Record<string, unknown>[] = [];
   const log = pino({ level: 'debug' }, { write: (line: string) => void logs.push(JSON.parse(line)) });
@@ -30,12 +32,19 @@ export async function startTestApp() {
       audience: [idp.audience],
     }),
     cursors: await createSharedCursorCodec(database.db),
+    // The production defaults (MEMBER_CACHE_MAX_ENTRIES, MEMBER_CACHE_TTL_SECONDS) unless given.
+    members: options.members ?? createMemberCache(),
   };
 
-  /** A `createCaller` caller whose context is built from this token exactly as for an HTTP request. */
-  async function callerFor(token: string | undefined) {
+  /**
+   * A `createCaller` caller whose context is built from this token exactly as for an HTTP request.
+   * `provisionEveryRequest` is the server with MEMBER_CACHE_TTL_SECONDS=0, which sees a change made
+   * in the database (a deactivation) on the next request.
+   */
+  async function callerFor(token: string | undefined, { provisionEveryRequest = false } = {}) {
     const auth = await authenticate(deps, token === undefined ? undefined : `Bearer ${token}`);
-    return createCaller(createInnerContext(deps, auth));
+    const members = provisionEveryRequest ? createMemberCache({ maxEntries: 0, ttlMs: 0 }) : deps.members;
+    return createCaller(createInnerContext({ ...deps, members }, auth));
   }
 
   return {

@@ -76,9 +76,19 @@ const personKey = (identity: IdentityClaims) => `${identity.tenantId}\u0000${ide
  * Everything provisioning writes from a token. An absent claim (`undefined`, left out by JSON)
  * and `null` differ, as they do for provisioning.
  */
-function claimsKey({ userId, tenantId, email, name, avatarUrl, emailVerified, roles }: IdentityClaims): string {
-  return JSON.stringify({ userId, tenantId, email, name, avatarUrl, emailVerified, roles });
+function claimsKey(identity: IdentityClaims): string {
+  let key = claimsKeys.get(identity);
+  if (key === undefined) {
+    const { userId, tenantId, email, name, avatarUrl, emailVerified, roles } = identity;
+    key = JSON.stringify({ userId, tenantId, email, name, avatarUrl, emailVerified, roles });
+    claimsKeys.set(identity, key);
+  }
+  return key;
 }
+
+// A verified token's identity is one frozen object, shared by every request that presents the
+// token again, so its key is worked out once.
+const claimsKeys = new WeakMap<IdentityClaims, string>();
 
 /** Remembered rows are handed to every later request; none of them may change what others see. */
 function freezeMember(member: Member): Member {

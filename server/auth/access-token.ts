@@ -103,7 +103,7 @@ export function createAccessTokenVerifier(options: AccessTokenVerifierOptions): 
   return async (token) => {
     const cached = cache.get(token);
     if (cached) {
-      if (cached.verified.expiresAt.getTime() > Date.now() && (await keyStillServes(options.keySet, token, cached))) {
+      if (cached.verified.expiresAt.getTime() > Date.now() && (await keyStillServes(options.keySet, cached))) {
         onAccepted?.('remembered');
         return cached.verified;
       }
@@ -118,16 +118,15 @@ export function createAccessTokenVerifier(options: AccessTokenVerifierOptions): 
 
 interface VerifiedWithKey {
   verified: VerifiedAccessToken;
+  /** What jose asked the key set with, and what the key set answered, when the token was verified. */
   header: JWTHeaderParameters;
-  /** What the key set answered for this token's header when it was verified. */
+  input: FlattenedJWSInput;
   key: unknown;
 }
 
-async function keyStillServes(keySet: JWTVerifyGetKey, token: string, cached: VerifiedWithKey): Promise<boolean> {
-  const [protectedHeader = '', payload = '', signature = ''] = token.split('.');
-  const input: FlattenedJWSInput = { protected: protectedHeader, payload, signature };
+async function keyStillServes(keySet: JWTVerifyGetKey, cached: VerifiedWithKey): Promise<boolean> {
   try {
-    return (await keySet(cached.header, input)) === cached.key;
+    return (await keySet(cached.header, cached.input)) === cached.key;
   } catch {
     // Whatever the key set says now (an unknown kid, an outage) is for the full check to answer.
     return false;
@@ -138,13 +137,13 @@ function createUncachedVerifier(options: AccessTokenVerifierOptions) {
   const audience = options.audience?.length ? [...options.audience] : undefined;
   return async (token: string): Promise<VerifiedWithKey> => {
     let payload;
-    let used: Pick<VerifiedWithKey, 'header' | 'key'> | undefined;
+    let used: Pick<VerifiedWithKey, 'header' | 'input' | 'key'> | undefined;
     try {
       ({ payload } = await jwtVerify(
         token,
         async (header, input) => {
           const key = await options.keySet(header, input);
-          used = { header, key };
+          used = { header, input, key };
           return key;
         },
         {

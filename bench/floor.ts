@@ -1,0 +1,32 @@
+import { once } from 'node:events';
+import type { AddressInfo } from 'node:net';
+import { initTRPC } from '@trpc/server';
+import { createHTTPServer } from '@trpc/server/adapters/standalone';
+import type { Config } from '../server/config.js';
+
+// The answer is shaped like a chat session, so the floor sends what ours does.
+const session = {
+  id: '0b5f6a0e-58f5-4d0e-9a53-3f7cbb3f7d41',
+  title: 'New Chat',
+  isActive: true,
+  createdAt: new Date('2026-01-01T00:00:00.000Z'),
+  updatedAt: new Date('2026-01-01T00:00:00.000Z'),
+};
+
+/**
+ * The floor: a bare tRPC server (the standalone adapter, no transformer) answering a constant. No
+ * token, no database: what tRPC itself costs per request on this machine.
+ */
+export async function startFloorServer(config: Pick<Config, 'port' | 'host'>) {
+  const t = initTRPC.create();
+  const router = t.router({ chat: t.router({ getActiveSession: t.procedure.query(() => session) }) });
+  const server = createHTTPServer({ router, basePath: '/trpc/' });
+  server.listen(config.port, config.host);
+  await once(server, 'listening');
+  return {
+    url: `http://${config.host}:${(server.address() as AddressInfo).port}`,
+    async close() {
+      server.close();
+    },
+  };
+}

@@ -1,0 +1,298 @@
+// `npm run bench`: the authenticated hot path, measured side by side in one run on this machine.
+// Three servers, each a process of its own, take turns under the same load from autocannon in a
+// worker thread: a bare tRPC server answering a constant (the floor), the seed's design (the
+// baseline) and ours. They share a new database on the PostgreSQL server of DATABASE_URL (or of
+// 127.0.0.1:5432 when that answers), dropped at the end; with no PostgreSQL each has its own
+// embedded PGlite. It reports; it asserts nothing about timings.
+import { type ChildProcess, fork } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import { join } from 'node:path';
+import postgres from 'postgres';
+import { loadOrCreateLocalSigningKey } from '../server/auth/local-identity.js';
+import { createDatabase } from '../tests/support/new-database.js';
+import type { HeapReport } from './heap.js';
+import type { LoadRequest, LoadResult } from './load.js';
+import { type Counters, type ServerMessage, type ServerReport, newCounters } from './protocol.js';
+import { type BenchUser, newUsers, tokenFor } from './tokens.js';
+import { startWorker } from './worker.js';
+
+const CONNECTIONS = 32;
+const WARMUP_SECONDS = 1;
+const MEASURE_SECONDS = 3;
+const ROUNDS = 3;
+const MANY_USERS = 200;
+const FIRST_LOGINS = 2_000;
+const PATH = '/trpc/chat.getActiveSession';
+// The bound chosen for what 100,000 distinct tokens may add to the heap: the token cache keeps
+// at most 10,000 (2-3 KB each with their identity), the member cache 10,000 people.
+const HEAP_GROWTH_LIMIT_MB = 40;
+
+type Kind = 'floor' | 'seed' | 'ours';
+
+interface Row {
+  scenario: string;
+  kind: Kind;
+  /** The run reported: the median round. */
+  load: LoadResult;
+  /** Over every measured round: what the server did, how many requests, how many failed. */
+  counters: Counters;
+  requests: number;
+  failures: number;
+}
+
+const work = await mkdtemp(join(os.tmpdir(), 'bench-'));
+const keyFile = join(work, 'signing-key.json');
+const key = await loadOrCreateLocalSigningKey(keyFile);
+const serverUrl = await benchDatabaseServer();
+const database = serverUrl ? await createDatabase(serverUrl.url, 'bench') : undefined;
+const children: ChildProcess[] = [];
+
+/**
+ * The PostgreSQL server to measure on: DATABASE_URL's, else one answering on this machine's
+ * default port without a password (as on the development and CI machines). The targets are
+ * about PostgreSQL over the network; without one the run falls back to PGlite.
+ */
+async function benchDatabaseServer(): Promise<{ url: string; source: string } | undefined> {
+  if (process.env.DATABASE_URL) return { url: process.env.DATABASE_URL, source: 'DATABASE_URL' };
+  const local = 'postgres://postgres@127.0.0.1:5432/postgres';
+  const probe = postgres(local, { max: 1, connect_timeout: 2, onnotice: () => {} });
+  try {
+    await probe`select 1`;
+    return { url: local, source: `DATABASE_URL unset; the server answering at ${new URL(local).host}` };
+  } catch {
+    return undefined;
+  } finally {
+    await probe.end({ timeout: 1 });
+  }
+}
+
+/** The environment `npm start` reads, for a server of this run. */
+function serverEnv(name: string): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    PORT: '0',
+    HOST: '127.0.0.1',
+    LOG_LEVEL: 'error',
+    NODE_ENV: 'development',
+    LOCAL_IDENTITY_KEY_FILE: keyFile,
+    PGLITE_DATA_DIR: join(work, name),
+    DATABASE_URL: database?.url ?? '',
+  };
+  for (const variable of Object.keys(env)) if (variable.startsWith('FRONTEGG_')) delete env[variable];
+  return env;
+}
+
+function spawn(script: string, args: string[], env: NodeJS.ProcessEnv, execArgv: string[] = []) {
+  const child = fork(new URL(script, import.meta.url), args, {
+    env,
+    execArgv: [...execArgv, '--import', 'tsx'],
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  children.push(child);
+  return child;
+}
+
+async function startServer(kind: Kind) {
+  const child = spawn('./server.ts', [kind], serverEnv(kind));
+  const [report] = (await once(child, 'message')) as [ServerReport];
+  if (!('url' in report)) throw new Error(`the ${kind} server did not start`);
+  return {
+    kind,
+    url: report.url,
+    async counters(): Promise<Counters> {
+      const answer = once(child, 'message');
+      child.send('counters' satisfies ServerMessage);
+      return ((await answer) as [{ counters: Counters }])[0].counters;
+    },
+    reset() {
+      child.send('reset' satisfies ServerMessage);
+    },
+  };
+}
+
+type Server = Awaited<ReturnType<typeof startServer>>;
+
+async function load(request: LoadRequest): Promise<LoadResult> {
+  const worker = startWorker(new URL('./load.ts', import.meta.url), request);
+  const [result] = (await once(worker, 'message')) as [LoadResult];
+  await worker.terminate();
+  return result;
+}
+
+async function mint(users: BenchUser[]) {
+  return Promise.all(users.map((user) => tokenFor(key, user)));
+}
+
+/**
+ * Servers compared side by side: each is warmed up with its tokens, then they take turns for
+ * `ROUNDS` measured runs (the order alternating), so that a noisy moment on a shared machine
+ * falls on both. Each row is the median round of its server; the counters are over all rounds.
+ */
+async function compare(scenario: string, contenders: { server: Server; tokens: string[] }[]): Promise<Row[]> {
+  const base = (server: Server, tokens: string[]) => ({ url: server.url, path: PATH, tokens, connections: CONNECTIONS });
+  for (const { server, tokens } of contenders) await load({ ...base(server, tokens), durationSeconds: WARMUP_SECONDS });
+  const rounds = contenders.map(() => [] as LoadResult[]);
+  const counters = contenders.map(() => newCounters());
+  for (let round = 0; round < ROUNDS; round += 1) {
+    const order = contenders.map((_, index) => index);
+    if (round % 2 === 1) order.reverse();
+    for (const index of order) {
+      const { server, tokens } = contenders[index]!;
+      server.reset();
+      rounds[index]!.push(await load({ ...base(server, tokens), durationSeconds: MEASURE_SECONDS }));
+      addCounters(counters[index]!, await server.counters());
+    }
+  }
+  return contenders.map(({ server }, index) => {
+    const byRate = [...rounds[index]!].sort((a, b) => a.perSecond - b.perSecond);
+    const all = rounds[index]!;
+    const row: Row = {
+      scenario,
+      kind: server.kind,
+      load: byRate[Math.floor(byRate.length / 2)]!,
+      counters: counters[index]!,
+      requests: all.reduce((sum, result) => sum + result.requests, 0),
+      failures: all.reduce((sum, result) => sum + result.failures, 0),
+    };
+    progress(row);
+    return row;
+  });
+}
+
+function addCounters(total: Counters, more: Counters) {
+  total.statements += more.statements;
+  total.transactions += more.transactions;
+  total.signatureChecks += more.signatureChecks;
+}
+
+/** Each token once: every request is its person's first. */
+async function firstLogins(scenario: string, server: Server, tokens: string[]): Promise<Row> {
+  server.reset();
+  const result = await load({ url: server.url, path: PATH, tokens, connections: CONNECTIONS, amount: tokens.length });
+  const row = {
+    scenario,
+    kind: server.kind,
+    load: result,
+    counters: await server.counters(),
+    requests: result.requests,
+    failures: result.failures,
+  };
+  progress(row);
+  return row;
+}
+
+function progress(row: Row) {
+  process.stderr.write(`  ${row.scenario}, ${row.kind}: ${Math.round(row.load.perSecond)} requests/s\n`);
+}
+
+async function heapRun(): Promise<HeapReport> {
+  const child = spawn('./heap.ts', [], serverEnv('heap'), ['--expose-gc']);
+  const [report] = (await once(child, 'message')) as [HeapReport];
+  return report;
+}
+
+try {
+  const started = performance.now();
+  const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
+  const cores = os.availableParallelism();
+  const databaseLabel = serverUrl
+    ? `PostgreSQL (${serverUrl.source}), a new database dropped afterwards`
+    : 'embedded PGlite, in this process tree: the targets are for PostgreSQL, set DATABASE_URL';
+  process.stderr.write(`Benchmarking on ${cores} cores (${cpu}), Node ${process.version}, ${databaseLabel}\n`);
+
+  const [floor, seed, ours] = await Promise.all((['floor', 'seed', 'ours'] as const).map(startServer));
+  const [seedOne, oursOne] = [newUsers(1, 1), newUsers(1, 1)];
+  const [seedMany, oursMany] = [newUsers(MANY_USERS, 20), newUsers(MANY_USERS, 20)];
+  const [seedFirst, oursFirst] = [newUsers(FIRST_LOGINS, 20), newUsers(FIRST_LOGINS, 20)];
+  const tokens = {
+    seedOne: await mint(seedOne),
+    oursOne: await mint(oursOne),
+    seedMany: await mint(seedMany),
+    oursMany: await mint(oursMany),
+    seedFirst: await mint(seedFirst),
+    oursFirst: await mint(oursFirst),
+  };
+
+  const rows = [
+    ...(await compare('1 user', [
+      { server: floor!, tokens: tokens.oursOne },
+      { server: ours!, tokens: tokens.oursOne },
+      { server: seed!, tokens: tokens.seedOne },
+    ])),
+    ...(await compare(`${MANY_USERS} users`, [
+      { server: seed!, tokens: tokens.seedMany },
+      { server: ours!, tokens: tokens.oursMany },
+    ])),
+    await firstLogins(`${FIRST_LOGINS} first logins`, seed!, tokens.seedFirst),
+    await firstLogins(`${FIRST_LOGINS} first logins`, ours!, tokens.oursFirst),
+  ];
+  const heap = await heapRun();
+
+  const rate = (scenario: string, kind: Kind) =>
+    rows.find((row) => row.scenario.startsWith(scenario) && row.kind === kind)?.load.perSecond ?? Number.NaN;
+  printReport({ cores, cpu, databaseLabel, rows, heap, seconds: (performance.now() - started) / 1000, rate });
+  if (rows.some((row) => row.failures > 0)) {
+    process.stderr.write('Some requests failed (see the failures column): the figures above are not comparable.\n');
+    process.exitCode = 1;
+  }
+} finally {
+  for (const child of children) child.kill();
+  await database?.drop();
+  await rm(work, { recursive: true, force: true });
+}
+
+function printReport(report: {
+  cores: number;
+  cpu: string;
+  databaseLabel: string;
+  rows: Row[];
+  heap: HeapReport;
+  seconds: number;
+  rate: (scenario: string, kind: Kind) => number;
+}) {
+  const { rows, heap, rate } = report;
+  const names: Record<Kind, string> = { floor: 'bare tRPC, a constant', seed: 'seed design', ours: 'this server' };
+  const perRequest = (value: number, row: Row) => (value / row.requests).toFixed(2);
+  const table = [
+    ['scenario', 'server', 'requests/s', 'p50 ms', 'p99 ms', 'statements/req', 'transactions/req', 'RS256 checks/req', 'failures'],
+    ...rows.map((row) => [
+      row.scenario,
+      names[row.kind],
+      Math.round(row.load.perSecond).toString(),
+      row.load.p50Ms.toFixed(1),
+      row.load.p99Ms.toFixed(1),
+      perRequest(row.counters.statements, row),
+      perRequest(row.counters.transactions, row),
+      perRequest(row.counters.signatureChecks, row),
+      row.failures.toString(),
+    ]),
+  ];
+  const widths = table[0]!.map((_, column) => Math.max(...table.map((line) => line[column]!.length)));
+  const line = (cells: string[]) => `| ${cells.map((cell, column) => cell.padEnd(widths[column]!)).join(' | ')} |`;
+  const ratio = (a: number, b: number) => `${(a / b).toFixed(2)}x`;
+
+  const out = [
+    '',
+    `Machine: ${report.cores} cores (${report.cpu}), Node ${process.version}; database: ${report.databaseLabel}.`,
+    `Load: autocannon in a worker thread, ${CONNECTIONS} connections, GET ${PATH}. Servers compared take turns: ${WARMUP_SECONDS} s warm-up each,`,
+    `then ${ROUNDS} rounds of ${MEASURE_SECONDS} s; requests/s and latency are each server's median round. First logins: each token once.`,
+    'statements/req counts every statement sent, begin and commit included; transactions/req counts begin.',
+    '',
+    line(table[0]!),
+    line(widths.map((width) => '-'.repeat(width))),
+    ...table.slice(1).map(line),
+    '',
+    `this server, 1 user / bare tRPC:            ${ratio(rate('1 user', 'ours'), rate('1 user', 'floor'))}  (target >= 0.6x)`,
+    `this server / seed design, ${MANY_USERS} users:      ${ratio(rate(`${MANY_USERS} users`, 'ours'), rate(`${MANY_USERS} users`, 'seed'))}  (target >= 2x)`,
+    `this server / seed design, first logins:   ${ratio(rate(`${FIRST_LOGINS} first`, 'ours'), rate(`${FIRST_LOGINS} first`, 'seed'))}`,
+    '',
+    `Heap after ${heap.tokens.toLocaleString('en')} distinct tokens of ${heap.people.toLocaleString('en')} people (verifier and member cache as npm start configures them): ` +
+      `${heap.heapAfterMb.toFixed(1)} MB, from ${heap.heapBeforeMb.toFixed(1)} MB before (+${(heap.heapAfterMb - heap.heapBeforeMb).toFixed(1)} MB, limit +${HEAP_GROWTH_LIMIT_MB} MB); ` +
+      `${heap.signatureChecks.toLocaleString('en')} signature checks, ${heap.rememberedPeople} people remembered.`,
+    `Whole run: ${report.seconds.toFixed(0)} s.`,
+    '',
+  ];
+  process.stdout.write(out.join('\n'));
+}

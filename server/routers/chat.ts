@@ -12,7 +12,8 @@ import {
   renameSessionById,
   titleFromMessage,
 } from '../../db/chat.js';
-import { activeMember, asCaller, publicProcedure, router, signedInProcedure } from '../trpc.js';
+import type { Member } from '../context.js';
+import { activeMember, asCaller, callerProcedure, router, signedInProcedure } from '../trpc.js';
 
 /** Length in characters as people count them (code points), as PostgreSQL's `char_length` does. */
 const characters = (value: string) => [...value].length;
@@ -46,10 +47,11 @@ const messageCursor = z.object({ seq: z.number().int().positive() });
  * `asMember` plus `ctx.owner`: the caller in their current organization, which every query
  * filters by. After `.input()`, so that bad input never reaches the database.
  */
-const asChatOwner = asCaller((member) => ({
+const chatOwner = (member: Member) => ({
   ...activeMember(member),
   owner: { userId: member.user.id, organizationId: member.organization.id },
-}));
+});
+const asChatOwner = asCaller(chatOwner);
 
 function sessionNotFound(): never {
   // The same answer for a session that does not exist and one that is not the caller's.
@@ -57,12 +59,8 @@ function sessionNotFound(): never {
 }
 
 export const chatRouter = router({
-  /**
-   * The caller's active session in this organization, created (titled `New Chat`) when there is
-   * none. It has no input, so `asChatOwner` alone checks the token: one middleware fewer on the
-   * call every page load makes.
-   */
-  getActiveSession: publicProcedure.use(asChatOwner).query(async ({ ctx }) => {
+  /** The caller's active session in this organization, created (titled `New Chat`) when there is none. */
+  getActiveSession: callerProcedure(chatOwner).query(async ({ ctx }) => {
     const { session, created } = await getOrCreateActiveSession(ctx.db, ctx.owner);
     if (created) ctx.log.info({ ...ctx.owner, sessionId: session.id }, 'Created new active session');
     return session;

@@ -1,8 +1,7 @@
-import { once } from 'node:events';
-import type { AddressInfo } from 'node:net';
 import { initTRPC } from '@trpc/server';
 import { createHTTPServer } from '@trpc/server/adapters/standalone';
 import type { Config } from '../server/config.js';
+import { listen } from './listen.js';
 
 // The answer is shaped like a chat session, so the floor sends what ours does.
 const session = {
@@ -21,12 +20,5 @@ export async function startFloorServer(config: Pick<Config, 'port' | 'host'>) {
   const t = initTRPC.create();
   const router = t.router({ chat: t.router({ getActiveSession: t.procedure.query(() => session) }) });
   const server = createHTTPServer({ router, basePath: '/trpc/' });
-  server.listen(config.port, config.host);
-  await once(server, 'listening');
-  return {
-    url: `http://${config.host}:${(server.address() as AddressInfo).port}`,
-    async close() {
-      server.close();
-    },
-  };
+  return listen(server, config);
 }

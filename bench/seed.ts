@@ -1,5 +1,3 @@
-import { once } from 'node:events';
-import type { AddressInfo } from 'node:net';
 import { TRPCError, initTRPC } from '@trpc/server';
 import { createHTTPServer } from '@trpc/server/adapters/standalone';
 import { and, eq } from 'drizzle-orm';
@@ -10,6 +8,7 @@ import { chatSessions, organizationMembers, organizations, users } from '../db/s
 import { createAccessTokenVerifier, parseBearerToken } from '../server/auth/access-token.js';
 import { LOCAL_AUDIENCE, LOCAL_ISSUER, createLocalKeySet, loadOrCreateLocalSigningKey } from '../server/auth/local-identity.js';
 import type { Config } from '../server/config.js';
+import { listen } from './listen.js';
 
 /**
  * The baseline: the seed's design, written plainly on the same schema, driver, tRPC adapter and
@@ -49,16 +48,7 @@ export async function startSeedServer(
       return { identity: token ? (await verify(token).catch(() => undefined))?.identity : undefined };
     },
   });
-  server.listen(config.port, config.host);
-  await once(server, 'listening');
-  return {
-    url: `http://${config.host}:${(server.address() as AddressInfo).port}`,
-    async close() {
-      server.close();
-      await once(server, 'close');
-      await database.close();
-    },
-  };
+  return listen(server, config, database.close);
 }
 
 async function seedGetActiveSession(db: Database, identity: IdentityClaims) {

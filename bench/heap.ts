@@ -2,12 +2,9 @@
 // `npm start` configures them, in a process of its own (`node --expose-gc`). Reports the heap
 // after a full collection, before and after, to bench/run.ts over IPC.
 import { pino } from 'pino';
-import { openDatabase } from '../db/database.js';
-import { createConfiguredVerifier } from '../server/app.js';
+import { openServerDeps } from '../server/app.js';
 import { loadConfig } from '../server/config.js';
-import { type ServerDeps, authenticate, createInnerContext } from '../server/context.js';
-import { createSharedCursorCodec } from '../server/cursor.js';
-import { createMemberCache } from '../server/member-cache.js';
+import { authenticate, createInnerContext } from '../server/context.js';
 import { createCaller } from '../server/root.js';
 import type { MintRequest } from './mint-worker.js';
 import { newUsers } from './tokens.js';
@@ -35,19 +32,12 @@ const heapMb = () => {
 
 const config = loadConfig();
 if (config.identity.mode !== 'local') throw new Error('the bench signs its own tokens: run it without FRONTEGG_*');
-const log = pino({ level: 'error' });
-const database = openDatabase(config.database);
-await database.migrate();
 let signatureChecks = 0;
-const deps: ServerDeps = {
-  db: database.db,
-  log,
-  verifyAccessToken: await createConfiguredVerifier(config, log, (how) => {
+const { deps, database } = await openServerDeps(config, pino({ level: 'error' }), {
+  onTokenAccepted: (how) => {
     if (how === 'signature') signatureChecks += 1;
-  }),
-  cursors: await createSharedCursorCodec(database.db),
-  members: createMemberCache(config.memberCache),
-};
+  },
+});
 const users = newUsers(PEOPLE, 50);
 const heapBeforeMb = heapMb();
 

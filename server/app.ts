@@ -6,7 +6,7 @@ import { createRemoteKeySet } from './auth/key-set.js';
 import { LOCAL_AUDIENCE, LOCAL_ISSUER, createLocalKeySet, loadOrCreateLocalSigningKey } from './auth/local-identity.js';
 import type { Config } from './config.js';
 import { createSharedCursorCodec } from './cursor.js';
-import { createHttpServer } from './http.js';
+import { type HttpServerDeps, createHttpServer } from './http.js';
 import type { Logger } from './logger.js';
 import { createMemberCache } from './member-cache.js';
 
@@ -21,13 +21,15 @@ export interface ServerObservers extends DatabaseObserver {
   onTokenAccepted?: AccessTokenVerifierOptions['onAccepted'];
 }
 
-/** Opens the database, applies pending migrations and listens. */
-export async function startServer(config: Config, log: Logger, observers: ServerObservers = {}): Promise<RunningServer> {
+/**
+ * Opens the database, applies pending migrations and builds the parts the server is made of from
+ * `config`: what `startServer` serves, and what `npm run bench` measures without HTTP.
+ */
+export async function openServerDeps(config: Config, log: Logger, observers: ServerObservers = {}) {
   const database = openDatabase(config.database, observers);
   await database.migrate();
   log.info({ database: database.kind }, 'Database ready, migrations applied');
-
-  const server = createHttpServer({
+  const deps: HttpServerDeps = {
     db: database.db,
     log,
     verifyAccessToken: await createConfiguredVerifier(config, log, observers.onTokenAccepted),
@@ -35,7 +37,14 @@ export async function startServer(config: Config, log: Logger, observers: Server
     pingDatabase: database.ping,
     procedureTimeoutMs: config.procedureTimeoutMs,
     members: createMemberCache(config.memberCache),
-  });
+  };
+  return { deps, database };
+}
+
+/** Opens the database, applies pending migrations and listens. */
+export async function startServer(config: Config, log: Logger, observers: ServerObservers = {}): Promise<RunningServer> {
+  const { deps, database } = await openServerDeps(config, log, observers);
+  const server = createHttpServer(deps);
   server.listen(config.port, config.host);
   await once(server, 'listening');
   const { port } = server.address() as AddressInfo;
@@ -54,8 +63,7 @@ export async function startServer(config: Config, log: Logger, observers: Server
   };
 }
 
-/** The token verifier `config` asks for: Frontegg's key set, or the local one. */
-export async function createConfiguredVerifier(
+async function createConfiguredVerifier(
   { identity, tokenCacheEntries: cacheEntries }: Pick<Config, 'identity' | 'tokenCacheEntries'>,
   log: Logger,
   onAccepted: AccessTokenVerifierOptions['onAccepted'],

@@ -11,7 +11,7 @@ import os from 'node:os';
 import { join } from 'node:path';
 import postgres from 'postgres';
 import { loadOrCreateLocalSigningKey } from '../server/auth/local-identity.js';
-import { createDatabase } from '../tests/support/new-database.js';
+import { createDatabase } from '../db/throwaway-database.js';
 import type { HeapReport } from './heap.js';
 import type { LoadRequest, LoadResult } from './load.js';
 import { type Counters, type ServerMessage, type ServerReport, newCounters } from './protocol.js';

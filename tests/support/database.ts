@@ -3,7 +3,7 @@ import { and, eq, sql } from 'drizzle-orm';
 import { inject } from 'vitest';
 import { type Database, type DatabaseHandle, type DatabaseObserver, openDatabase } from '../../db/database.js';
 import { organizationMembers } from '../../db/schema.js';
-import { createDatabase } from './new-database.js';
+import { createDatabase } from '../../db/throwaway-database.js';
 
 /** This run's PostgreSQL database when DATABASE_URL is set, else a fresh in-memory PGlite. */
 export async function openTestDatabase(observer: DatabaseObserver = {}): Promise<DatabaseHandle> {

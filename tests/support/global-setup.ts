@@ -1,5 +1,5 @@
 import type { TestProject } from 'vitest/node';
-import { createDatabase } from './new-database.js';
+import { createDatabase } from '../../db/throwaway-database.js';
 
 declare module 'vitest' {
   export interface ProvidedContext {

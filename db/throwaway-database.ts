@@ -2,8 +2,8 @@ import { randomBytes } from 'node:crypto';
 import postgres from 'postgres';
 
 /**
- * A new database with a random name on the PostgreSQL server of `serverUrl`, and how to drop it.
- * No vitest imports: the global setup uses this too.
+ * A new database with a random name on the PostgreSQL server of `serverUrl`, and how to drop it:
+ * each test run and each `npm run bench` gets one, so runs never see each other's rows.
  */
 export async function createDatabase(serverUrl: string, prefix: string) {
   const admin = postgres(serverUrl, { max: 1, onnotice: () => {} });

@@ -1,14 +1,13 @@
-/** What a bench server process counts between a `reset` and a `counters` message. */
+/**
+ * What a bench server process counts itself between a `reset` and a `counters` message: only
+ * what its own hooks tell it. Statements and transactions are counted by PostgreSQL (bench/statements.ts).
+ */
 export interface Counters {
-  /** Every statement sent to the database, `begin` and `commit` included. */
-  statements: number;
-  /** Transactions begun. */
-  transactions: number;
-  /** Tokens whose RS256 signature was checked (not answered from the token cache). */
+  /** Tokens whose RS256 signature was checked (not answered from the token cache): the verifier's accept hook. */
   signatureChecks: number;
 }
 
-export const newCounters = (): Counters => ({ statements: 0, transactions: 0, signatureChecks: 0 });
+export const newCounters = (): Counters => ({ signatureChecks: 0 });
 
 export type ServerMessage = 'reset' | 'counters' | 'stop';
 export type ServerReport = { url: string } | { counters: Counters };

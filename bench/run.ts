@@ -4,6 +4,14 @@
 // baseline) and ours. They share a new database on the PostgreSQL server of DATABASE_URL (or of
 // 127.0.0.1:5432 when that answers), dropped at the end; with no PostgreSQL each has its own
 // embedded PGlite. It reports; it asserts nothing about timings.
+//
+// It measures the servers as they ship and counts from the outside. Statements and transactions
+// per request come from PostgreSQL itself, its pg_stat_statements extension (bench/statements.ts):
+// the servers take turns, so the bench database's counts, reset before a server's round and read
+// right after it, are that server's. Without the extension (PostgreSQL not loading its library,
+// or no PostgreSQL at all) those columns read n/a and the report says how to enable it. RS256
+// checks are counted in each server process by the token verifier's accept hook, the one hook
+// `startServer` takes, and collected over IPC.
 import { type ChildProcess, fork } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -15,6 +23,7 @@ import { createDatabase } from '../db/throwaway-database.js';
 import type { HeapReport } from './heap.js';
 import type { LoadRequest, LoadResult } from './load.js';
 import { type Counters, type ServerMessage, type ServerReport, newCounters } from './protocol.js';
+import { type StatementCounts, openStatementCounter } from './statements.js';
 import { type BenchUser, newUsers, tokenFor } from './tokens.js';
 import { startWorker } from './worker.js';
 
@@ -36,7 +45,11 @@ interface Row {
   kind: Kind;
   /** The run reported: the median round. */
   load: LoadResult;
-  /** Over every measured round: what the server did, how many requests, how many failed. */
+  /**
+   * Over every measured round: what PostgreSQL ran for the server (undefined without
+   * pg_stat_statements), what the server counted itself, how many requests, how many failed.
+   */
+  statements: StatementCounts | undefined;
   counters: Counters;
   requests: number;
   failures: number;
@@ -47,6 +60,8 @@ const keyFile = join(work, 'signing-key.json');
 const key = await loadOrCreateLocalSigningKey(keyFile);
 const serverUrl = await benchDatabaseServer();
 const database = serverUrl ? await createDatabase(serverUrl.url, 'bench') : undefined;
+// Before any server starts, so that the extension exists when they run their first statement.
+const statementCounter = await openStatementCounter(database?.url);
 const children: ChildProcess[] = [];
 
 /**
@@ -128,20 +143,27 @@ async function mint(users: BenchUser[]) {
 /**
  * Servers compared side by side: each is warmed up with its tokens, then they take turns for
  * `ROUNDS` measured runs (the order alternating), so that a noisy moment on a shared machine
- * falls on both. Each row is the median round of its server; the counters are over all rounds.
+ * falls on both. Each row is the median round of its server; the counts are over all measured
+ * rounds, warm-ups left out. Only the server whose turn it is gets requests, and idle servers send
+ * the database nothing, so what PostgreSQL ran during a round is that server's doing.
  */
 async function compare(scenario: string, contenders: { server: Server; tokens: string[] }[]): Promise<Row[]> {
   const base = (server: Server, tokens: string[]) => ({ url: server.url, path: PATH, tokens, connections: CONNECTIONS });
   for (const { server, tokens } of contenders) await load({ ...base(server, tokens), durationSeconds: WARMUP_SECONDS });
   const rounds = contenders.map(() => [] as LoadResult[]);
   const counters = contenders.map(() => newCounters());
+  const statements = contenders.map((): StatementCounts | undefined => ({ statements: 0, transactions: 0 }));
   for (let round = 0; round < ROUNDS; round += 1) {
     const order = contenders.map((_, index) => index);
     if (round % 2 === 1) order.reverse();
     for (const index of order) {
       const { server, tokens } = contenders[index]!;
-      server.reset();
-      rounds[index]!.push(await load({ ...base(server, tokens), durationSeconds: MEASURE_SECONDS }));
+      const { result, counts } = await statementCounter.measure(() => {
+        server.reset();
+        return load({ ...base(server, tokens), durationSeconds: MEASURE_SECONDS });
+      });
+      rounds[index]!.push(result);
+      statements[index] = addStatements(statements[index], counts);
       addCounters(counters[index]!, await server.counters());
     }
   }
@@ -152,6 +174,7 @@ async function compare(scenario: string, contenders: { server: Server; tokens: s
       scenario,
       kind: server.kind,
       load: byRate[Math.floor(byRate.length / 2)]!,
+      statements: statements[index],
       counters: counters[index]!,
       requests: all.reduce((sum, result) => sum + result.requests, 0),
       failures: all.reduce((sum, result) => sum + result.failures, 0),
@@ -162,19 +185,26 @@ async function compare(scenario: string, contenders: { server: Server; tokens: s
 }
 
 function addCounters(total: Counters, more: Counters) {
-  total.statements += more.statements;
-  total.transactions += more.transactions;
   total.signatureChecks += more.signatureChecks;
+}
+
+function addStatements(total: StatementCounts | undefined, more: StatementCounts | undefined) {
+  return total && more
+    ? { statements: total.statements + more.statements, transactions: total.transactions + more.transactions }
+    : undefined;
 }
 
 /** Each token once: every request is its person's first. */
 async function firstLogins(scenario: string, server: Server, tokens: string[]): Promise<Row> {
-  server.reset();
-  const result = await load({ url: server.url, path: PATH, tokens, connections: CONNECTIONS, amount: tokens.length });
+  const { result, counts } = await statementCounter.measure(() => {
+    server.reset();
+    return load({ url: server.url, path: PATH, tokens, connections: CONNECTIONS, amount: tokens.length });
+  });
   const row = {
     scenario,
     kind: server.kind,
     load: result,
+    statements: counts,
     counters: await server.counters(),
     requests: result.requests,
     failures: result.failures,
@@ -232,13 +262,23 @@ try {
 
   const rate = (scenario: string, kind: Kind) =>
     rows.find((row) => row.scenario.startsWith(scenario) && row.kind === kind)?.load.perSecond ?? Number.NaN;
-  printReport({ cores, cpu, databaseLabel, rows, heap, seconds: (performance.now() - started) / 1000, rate });
+  printReport({
+    cores,
+    cpu,
+    databaseLabel,
+    rows,
+    heap,
+    seconds: (performance.now() - started) / 1000,
+    rate,
+    statementsUnavailable: statementCounter.unavailable,
+  });
   if (rows.some((row) => row.failures > 0)) {
     process.stderr.write('Some requests failed (see the failures column): the figures above are not comparable.\n');
     process.exitCode = 1;
   }
 } finally {
   for (const child of children) child.kill();
+  await statementCounter.close();
   await database?.drop();
   await rm(work, { recursive: true, force: true });
 }
@@ -251,10 +291,12 @@ function printReport(report: {
   heap: HeapReport;
   seconds: number;
   rate: (scenario: string, kind: Kind) => number;
+  /** Why statements/req and transactions/req read n/a, when they do. */
+  statementsUnavailable: string | undefined;
 }) {
   const { rows, heap, rate } = report;
   const names: Record<Kind, string> = { floor: 'bare tRPC, a constant', seed: 'seed design', ours: 'this server' };
-  const perRequest = (value: number, row: Row) => (value / row.requests).toFixed(2);
+  const perRequest = (value: number | undefined, row: Row) => (value === undefined ? 'n/a' : (value / row.requests).toFixed(2));
   const table = [
     ['scenario', 'server', 'requests/s', 'p50 ms', 'p99 ms', 'statements/req', 'transactions/req', 'RS256 checks/req', 'failures'],
     ...rows.map((row) => [
@@ -263,8 +305,8 @@ function printReport(report: {
       Math.round(row.load.perSecond).toString(),
       row.load.p50Ms.toFixed(1),
       row.load.p99Ms.toFixed(1),
-      perRequest(row.counters.statements, row),
-      perRequest(row.counters.transactions, row),
+      perRequest(row.statements?.statements, row),
+      perRequest(row.statements?.transactions, row),
       perRequest(row.counters.signatureChecks, row),
       row.failures.toString(),
     ]),
@@ -278,7 +320,10 @@ function printReport(report: {
     `Machine: ${report.cores} cores (${report.cpu}), Node ${process.version}; database: ${report.databaseLabel}.`,
     `Load: autocannon in a worker thread, ${CONNECTIONS} connections, GET ${PATH}. Servers compared take turns: ${WARMUP_SECONDS} s warm-up each,`,
     `then ${ROUNDS} rounds of ${MEASURE_SECONDS} s; requests/s and latency are each server's median round. First logins: each token once.`,
-    'statements/req counts every statement sent, begin and commit included; transactions/req counts begin.',
+    'statements/req counts every statement sent, begin and commit included; transactions/req counts begin. Both come from',
+    "PostgreSQL (pg_stat_statements: the bench database over each server's turns, the bench's own queries left out), with",
+    'one commit or rollback taken per begin, as the extension misses prepared ones. RS256 checks/req: the verifier\'s accept hook.',
+    ...(report.statementsUnavailable ? [`statements/req and transactions/req are n/a: ${report.statementsUnavailable}.`] : []),
     '',
     line(table[0]!),
     line(widths.map((width) => '-'.repeat(width))),

@@ -2,10 +2,10 @@ import { TRPCError, initTRPC } from '@trpc/server';
 import { createHTTPServer } from '@trpc/server/adapters/standalone';
 import { and, eq } from 'drizzle-orm';
 import superjson from 'superjson';
-import { type Database, type DatabaseObserver, openDatabase } from '../db/database.js';
+import { type Database, openDatabase } from '../db/database.js';
 import { type IdentityClaims, mapFronteggRoles, organizationSlugCandidates } from '../db/provisioning.js';
 import { chatSessions, organizationMembers, organizations, users } from '../db/schema.js';
-import { createAccessTokenVerifier, parseBearerToken } from '../server/auth/access-token.js';
+import { type AccessTokenVerifierOptions, createAccessTokenVerifier, parseBearerToken } from '../server/auth/access-token.js';
 import { LOCAL_AUDIENCE, LOCAL_ISSUER, createLocalKeySet, loadOrCreateLocalSigningKey } from '../server/auth/local-identity.js';
 import type { Config } from '../server/config.js';
 import { listen } from './listen.js';
@@ -18,17 +18,17 @@ import { listen } from './listen.js';
  */
 export async function startSeedServer(
   config: Pick<Config, 'database' | 'identity' | 'port' | 'host'>,
-  observer: DatabaseObserver & { onTokenAccepted?: (how: 'signature' | 'remembered') => void },
+  { onTokenAccepted }: { onTokenAccepted?: AccessTokenVerifierOptions['onAccepted'] } = {},
 ) {
   if (config.identity.mode !== 'local') throw new Error('the bench signs its own tokens: run it without FRONTEGG_*');
-  const database = openDatabase(config.database, observer);
+  const database = openDatabase(config.database);
   await database.migrate();
   const verify = createAccessTokenVerifier({
     keySet: createLocalKeySet(await loadOrCreateLocalSigningKey(config.identity.keyFile)),
     issuer: LOCAL_ISSUER,
     audience: [LOCAL_AUDIENCE],
     cacheEntries: 0,
-    onAccepted: observer.onTokenAccepted,
+    onAccepted: onTokenAccepted,
   });
 
   const t = initTRPC.context<{ identity: IdentityClaims | undefined }>().create({ transformer: superjson });

@@ -1,9 +1,7 @@
-import { and, desc, eq, is, sql } from 'drizzle-orm';
-import { PgTransaction } from 'drizzle-orm/pg-core';
+import { and, desc, eq, sql } from 'drizzle-orm';
 import type { Database } from './database.js';
 import { isUniqueViolation } from './errors.js';
-import { readOrInsertQuery } from './read-or-insert.js';
-import { DEFAULT_SESSION_TITLE, type MessageRole, chatMessages, chatSessions, organizationMembers } from './schema.js';
+import { type ChatSession, DEFAULT_SESSION_TITLE, type MessageRole, chatMessages, chatSessions, organizationMembers } from './schema.js';
 
 /**
  * Whose sessions a query may touch: every function here puts both ids in its `WHERE`, so a
@@ -14,8 +12,8 @@ export interface SessionOwner {
   organizationId: string;
 }
 
-/** The columns callers see: `Session` in the API. */
-const sessionColumns = {
+/** The columns callers see, by name: `Session` in the API, and the one list of its fields. */
+export const sessionColumns = {
   id: chatSessions.id,
   title: chatSessions.title,
   isActive: chatSessions.isActive,
@@ -33,6 +31,8 @@ const messageColumns = {
   seq: chatMessages.seq,
 };
 
+export type Session = Pick<ChatSession, keyof typeof sessionColumns>;
+
 export interface SessionPosition {
   updatedAt: Date;
   id: string;
@@ -44,47 +44,54 @@ const ownedBy = (owner: SessionOwner) =>
 const ownedSession = (owner: SessionOwner, id: string) => and(eq(chatSessions.id, id), ownedBy(owner));
 
 /**
- * The owner's active session, created when there is none. When concurrent first calls race, the
- * partial unique index lets one insert win and the others return its row.
- *
- * Every signed-in page load asks for it, so it costs one statement, prepared once per database
- * handle (PostgreSQL plans it once per connection): outside a transaction, a plain read, which
- * finds the session on all but the first call; inside one (the transaction that provisions a
- * caller on their first request), read-or-insert at once. A plain read that finds nothing falls
- * back to read-or-insert.
+ * The owner's active session, created when there is none: a plain read, which finds it on all
+ * but the first call (every signed-in page load asks, so that is one statement, prepared once
+ * per database handle), then an insert when it found none. When concurrent first calls race, the
+ * partial unique index lets one insert win; the others insert nothing and read the winner's row.
  */
-export async function getOrCreateActiveSession(db: Database, owner: SessionOwner) {
+export async function getOrCreateActiveSession(
+  db: Database,
+  owner: SessionOwner,
+): Promise<{ session: Session; created: boolean }> {
   const placeholders = { userId: owner.userId, organizationId: owner.organizationId };
-  if (!is(db, PgTransaction)) {
-    const [session] = await preparedFor(db, readActiveSession).execute(placeholders);
-    if (session) return { session, created: false };
+  for (let attempt = 1; ; attempt++) {
+    const [found] = await preparedFor(db, readActiveSession).execute(placeholders);
+    if (found) return { session: found, created: false };
+    const [inserted] = await preparedFor(db, insertActiveSession).execute(placeholders);
+    if (inserted) return { session: inserted, created: true };
+    // Lost the race to a concurrent insert; read again, unless that session keeps vanishing.
+    if (attempt === 3) throw new Error('the active session was created and removed three times while reading it');
   }
-  const [row] = await preparedFor(db, readOrInsertActiveSession).execute(placeholders);
-  if (!row) throw new Error('reading or inserting the active session returned no row');
-  const { id, title, isActive, createdAt, updatedAt, created } = row;
-  return { session: { id, title, isActive, createdAt, updatedAt }, created };
 }
 
-const activeSessionOf = and(
-  eq(chatSessions.userId, sql.placeholder('userId')),
-  eq(chatSessions.organizationId, sql.placeholder('organizationId')),
-  eq(chatSessions.isActive, true),
-)!;
-
 const readActiveSession = (db: Database) =>
-  db.select(sessionColumns).from(chatSessions).where(activeSessionOf).prepare('read_active_session');
+  db
+    .select(sessionColumns)
+    .from(chatSessions)
+    .where(
+      and(
+        eq(chatSessions.userId, sql.placeholder('userId')),
+        eq(chatSessions.organizationId, sql.placeholder('organizationId')),
+        eq(chatSessions.isActive, true),
+      ),
+    )
+    .prepare('read_active_session');
 
-const readOrInsertActiveSession = (db: Database) =>
-  readOrInsertQuery(db, chatSessions, {
-    where: activeSessionOf,
-    columns: sql`user_id, organization_id`,
-    values: sql`${sql.placeholder('userId')}, ${sql.placeholder('organizationId')}`,
-    onConflict: sql`on conflict (user_id, organization_id) where is_active do update set is_active = ${chatSessions.isActive}`,
-  }).prepare('read_or_insert_active_session');
+const insertActiveSession = (db: Database) =>
+  db
+    .insert(chatSessions)
+    .values({
+      userId: sql.placeholder('userId'),
+      organizationId: sql.placeholder('organizationId'),
+      isActive: true,
+    })
+    .onConflictDoNothing({ target: [chatSessions.userId, chatSessions.organizationId], where: sql`${chatSessions.isActive}` })
+    .returning(sessionColumns)
+    .prepare('insert_active_session');
 
 const prepared = new WeakMap<Database, Map<unknown, unknown>>();
 
-/** `prepare(db)`, once per database handle or transaction. */
+/** `prepare(db)`, once per database handle. */
 function preparedFor<Query>(db: Database, prepare: (db: Database) => Query): Query {
   let queries = prepared.get(db);
   if (!queries) prepared.set(db, (queries = new Map()));

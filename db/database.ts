@@ -51,9 +51,9 @@ const MIGRATION_LOCK_ID = 7_302_118_804;
 
 export interface DatabaseObserver {
   /**
-   * Called with the text of every statement the data-access code sends, and with `begin` and
-   * `commit` (or `rollback`) around each transaction: for counting statements per request
-   * (tests, `npm run bench`). Savepoints inside a transaction are not reported.
+   * Called with the text of every statement the data-access code sends, through Drizzle's own
+   * query logger: for counting statements per request in tests. The `begin` and `commit` the
+   * drivers send around a transaction are not statements Drizzle sees.
    */
   onStatement?: ((text: string) => void) | undefined;
 }
@@ -93,7 +93,7 @@ function openPostgres(
     },
   };
   const client = postgres(url, options);
-  const db = observed(drizzlePostgres(client, { schema, logger: statementLogger(onStatement) }), onStatement);
+  const db = drizzlePostgres(client, { schema, logger: statementLogger(onStatement) });
   return {
     db,
     kind: 'postgres',
@@ -118,7 +118,7 @@ function openPostgres(
 function openPglite(dataDir: string | undefined, { onStatement }: DatabaseObserver): DatabaseHandle {
   if (dataDir) mkdirSync(dataDir, { recursive: true });
   const client = new PGlite(dataDir);
-  const db = observed(drizzlePglite(client, { schema, logger: statementLogger(onStatement) }), onStatement);
+  const db = drizzlePglite(client, { schema, logger: statementLogger(onStatement) });
   return {
     db,
     kind: 'pglite',
@@ -129,27 +129,9 @@ function openPglite(dataDir: string | undefined, { onStatement }: DatabaseObserv
   };
 }
 
-/** Drizzle's logger hears every statement sent outside and inside transactions, and nothing else. */
+/** Drizzle's logger hears every statement sent, outside and inside transactions. */
 function statementLogger(onStatement: DatabaseObserver['onStatement']) {
   return onStatement ? { logQuery: (text: string) => onStatement(text) } : false;
-}
-
-/** Reports the `begin` and `commit` (or `rollback`) that the driver sends around a transaction itself. */
-function observed<Db extends Database>(db: Db, onStatement: DatabaseObserver['onStatement']): Db {
-  if (!onStatement) return db;
-  const transaction = db.transaction.bind(db);
-  db.transaction = async (work, config) => {
-    onStatement('begin');
-    try {
-      const result = await transaction(work, config);
-      onStatement('commit');
-      return result;
-    } catch (error) {
-      onStatement('rollback');
-      throw error;
-    }
-  };
-  return db;
 }
 
 /**

@@ -3,7 +3,6 @@ import { eq, getTableColumns, sql } from 'drizzle-orm';
 import type { AnyPgColumn } from 'drizzle-orm/pg-core';
 import type { Database } from './database.js';
 import { isUniqueViolation } from './errors.js';
-import { createdNow, readOrInsert } from './read-or-insert.js';
 import {
   type MemberRole,
   type Organization,
@@ -72,33 +71,18 @@ function sanitizeSlug(value: string): string {
 const slugConstraints = ['organizations_slug_unique', 'organizations_s3_bucket_name_unique'];
 
 /**
- * Creates or syncs the organization, user and membership of a verified identity in one
- * transaction of three statements. Each is an idempotent upsert that returns its row, so
- * concurrent first requests converge on the same rows without errors; rows are locked in the
- * order organization, user, membership, so concurrent provisioning cannot deadlock.
+ * Creates or syncs the organization, user and membership of a verified identity in one short
+ * transaction. Every statement is idempotent, so concurrent first requests converge on the same
+ * rows without errors; rows are locked in the order organization, user, membership, so concurrent
+ * provisioning cannot deadlock.
  */
 export async function provisionIdentity(db: Database, claims: IdentityClaims): Promise<ProvisionedIdentity> {
-  return (await provisionIdentityThen(db, claims, async () => undefined)).provisioned;
-}
-
-/**
- * `provisionIdentity`, then `work` in the same transaction, so that a first request is one
- * transaction (one commit) however much it does. When `work` throws, nothing is provisioned.
- */
-export async function provisionIdentityThen<T>(
-  db: Database,
-  claims: IdentityClaims,
-  work: (tx: Database, provisioned: ProvisionedIdentity) => Promise<T>,
-): Promise<{ provisioned: ProvisionedIdentity; result: T }> {
   const slugs = organizationSlugCandidates(claims.tenantId);
   for (const [attempt, slug] of slugs.entries()) {
     try {
-      return await db.transaction(async (tx) => {
-        const provisioned = await provisionInTransaction(tx, claims, slug);
-        return { provisioned, result: await work(tx, provisioned) };
-      });
+      return await db.transaction((tx) => provisionInTransaction(tx, claims, slug));
     } catch (error) {
-      // Another tenant holds this slug; the organization upsert rolled the transaction back.
+      // Another tenant holds this slug; the organization insert rolled the transaction back.
       if (attempt < slugs.length - 1 && isUniqueViolation(error, slugConstraints)) continue;
       throw error;
     }
@@ -111,24 +95,25 @@ async function provisionInTransaction(
   claims: IdentityClaims,
   slug: string,
 ): Promise<ProvisionedIdentity> {
-  // None needs another's result, so all three are sent at once: one round trip, not three
-  // (prepared, see `Database`). PostgreSQL still runs them in this order, the lock order.
-  const [organizationRow, [userRow], [membershipRow]] = await allInOrder([
-    upsertOrganization(tx, claims, slug),
+  // None needs another's result, so all four are sent at once: one round trip, not four
+  // (prepared, see `Database`). PostgreSQL still runs them in this order, the lock order, and the
+  // read sees the organization the insert before it made.
+  const [insertedOrganization, [organization], [userRow], [membershipRow]] = await allInOrder([
+    insertOrganization(tx, claims, slug),
+    readOrganization(tx, claims),
     upsertUser(tx, claims),
     upsertMembership(tx, claims),
   ]);
-  if (!userRow || !membershipRow) {
-    throw new Error('an upsert with RETURNING returned no row');
+  if (!organization || !userRow || !membershipRow) {
+    throw new Error('provisioning read no organization, or an upsert with RETURNING returned no row');
   }
-  const { created: organizationCreated, ...organization } = organizationRow;
   const { created: userCreated, ...user } = userRow;
   const { created: membershipCreated, ...membership } = membershipRow;
   return {
     organization,
     user,
     membership,
-    created: { organization: organizationCreated, user: userCreated, membership: membershipCreated },
+    created: { organization: insertedOrganization.length > 0, user: userCreated, membership: membershipCreated },
   };
 }
 
@@ -145,17 +130,34 @@ async function allInOrder<T extends readonly unknown[]>(promises: { [K in keyof 
 }
 
 /**
- * The tenant's organization, inserted when it is new. An existing organization is only read, so
- * the users of one tenant never queue behind a lock on its row. The name is set on creation only:
- * there is no tenant-name claim, so the first user seen names the organization.
+ * True only for a row the upsert inserted: a row it updated carries the updating transaction in
+ * `xmax`. PostgreSQL offers no other way for `ON CONFLICT DO UPDATE … RETURNING` to tell the two apart.
  */
-function upsertOrganization(tx: Database, claims: IdentityClaims, slug: string) {
-  return readOrInsert(tx, organizations, {
-    where: eq(organizations.id, claims.tenantId),
-    columns: sql`id, name, slug, s3_bucket_name`,
-    values: sql`${claims.tenantId}, ${claims.name || claims.email || slug}, ${slug}, ${`org-${slug}`}`,
-    onConflict: sql`on conflict (id) do update set name = ${organizations.name}`,
-  });
+const createdNow = sql<boolean>`(xmax = 0)`;
+
+/**
+ * Inserts the tenant's organization when it is new, and does nothing to an existing one: no
+ * update, so no row lock, and the users of one tenant never queue behind each other on it. The
+ * name is set on creation only: there is no tenant-name claim, so the first user seen names it.
+ * Returns the row only when it inserted one. Another tenant holding `slug` is a unique violation.
+ */
+function insertOrganization(tx: Database, claims: IdentityClaims, slug: string) {
+  return tx
+    .insert(organizations)
+    .values({ id: claims.tenantId, name: claims.name || claims.email || slug, slug, s3BucketName: `org-${slug}` })
+    .onConflictDoNothing({ target: organizations.id })
+    .returning({ id: organizations.id })
+    .prepare('insert_organization')
+    .execute();
+}
+
+function readOrganization(tx: Database, claims: IdentityClaims) {
+  return tx
+    .select()
+    .from(organizations)
+    .where(eq(organizations.id, claims.tenantId))
+    .prepare('read_organization')
+    .execute();
 }
 
 function upsertUser(tx: Database, claims: IdentityClaims) {

@@ -1,6 +1,6 @@
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
-import { type DatabaseObserver, openDatabase } from '../db/database.js';
+import { openDatabase } from '../db/database.js';
 import { type AccessTokenVerifier, type AccessTokenVerifierOptions, createAccessTokenVerifier } from './auth/access-token.js';
 import { createRemoteKeySet } from './auth/key-set.js';
 import { LOCAL_AUDIENCE, LOCAL_ISSUER, createLocalKeySet, loadOrCreateLocalSigningKey } from './auth/local-identity.js';
@@ -16,8 +16,8 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-/** Counters a caller can attach: each is told of one event (`npm run bench` counts them). */
-export interface ServerObservers extends DatabaseObserver {
+/** Told how each accepted token was accepted (`npm run bench` counts RS256 checks with it). */
+export interface ServerObservers {
   onTokenAccepted?: AccessTokenVerifierOptions['onAccepted'];
 }
 
@@ -26,7 +26,7 @@ export interface ServerObservers extends DatabaseObserver {
  * `config`: what `startServer` serves, and what `npm run bench` measures without HTTP.
  */
 export async function openServerDeps(config: Config, log: Logger, observers: ServerObservers = {}) {
-  const database = openDatabase(config.database, observers);
+  const database = openDatabase(config.database);
   await database.migrate();
   log.info({ database: database.kind }, 'Database ready, migrations applied');
   const deps: HttpServerDeps = {

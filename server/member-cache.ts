@@ -1,6 +1,13 @@
 import { LRUCache } from 'lru-cache';
 import type { IdentityClaims } from '../db/provisioning.js';
-import type { Member } from './context.js';
+import type { Organization, OrganizationMember, User } from '../db/schema.js';
+
+/** The caller's rows, as `protectedProcedure` hands them to procedures. */
+export interface Member {
+  user: User;
+  organization: Organization;
+  membership: OrganizationMember;
+}
 
 export interface MemberCacheOptions {
   /** How many people's rows to remember (least recently used first out); 0 remembers none. */
@@ -11,54 +18,53 @@ export interface MemberCacheOptions {
 
 export const DEFAULT_MEMBER_CACHE = { maxEntries: 10_000, ttlMs: 60_000 } satisfies MemberCacheOptions;
 
+interface Provisioning {
+  claims: IdentityClaims;
+  member: Promise<Member>;
+}
+
 /**
  * The rows provisioned recently for each person in each organization, with the claims they were
  * provisioned from. A token whose claims differ in anything provisioning writes (roles, email,
  * name, picture, verified flag) finds no entry and provisions again at once, so a demotion is
  * never answered from here. What changes in the database without a new token (a membership
  * deactivated by an operator) is seen once the entry is older than `ttlMs`.
- *
- * It also knows which provisionings are under way in this process, so that concurrent first
- * requests of one person (a batch, or a page firing several calls) wait for one of them instead
- * of queueing in the database behind its row locks.
  */
 export function createMemberCache({ maxEntries, ttlMs }: MemberCacheOptions = DEFAULT_MEMBER_CACHE) {
   const remembered =
     maxEntries > 0 && ttlMs > 0
-      ? new LRUCache<string, { claims: string; member: Member }>({ max: maxEntries, ttl: ttlMs })
+      ? new LRUCache<string, { claims: IdentityClaims; member: Member }>({ max: maxEntries, ttl: ttlMs })
       : undefined;
-  const underWay = new Map<string, Promise<Member | undefined>>();
+  // Concurrent first requests of one person (a batch, a page firing several calls) share one
+  // provisioning instead of queueing in the database behind its row locks.
+  const underWay = new Map<string, Provisioning>();
 
   return {
-    /** The rows provisioned recently from exactly these claims. */
-    get(identity: IdentityClaims): Member | undefined {
-      const entry = remembered?.get(personKey(identity));
-      return entry && entry.claims === claimsKey(identity) ? entry.member : undefined;
-    },
-
     /**
-     * A provisioning of these claims under way in this process: resolves with its rows once it
-     * has committed, or `undefined` when it rolled back.
+     * The caller's rows: remembered when they were provisioned recently from the same claims, else
+     * those of a provisioning of the same claims already under way in this process, else what
+     * `provision` makes (then remembered). A failed provisioning is remembered by nobody: every
+     * request waiting on it gets its error.
      */
-    underWay(identity: IdentityClaims): Promise<Member | undefined> | undefined {
-      return underWay.get(claimsKey(identity));
-    },
+    async getOrProvision(identity: IdentityClaims, provision: () => Promise<Member>): Promise<Member> {
+      const person = personKey(identity);
+      const entry = remembered?.get(person);
+      if (entry && sameClaims(entry.claims, identity)) return entry.member;
+      const pending = underWay.get(person);
+      if (pending && sameClaims(pending.claims, identity)) return pending.member;
 
-    /**
-     * Marks a provisioning of these claims as under way; the function returned ends it, with the
-     * committed rows (remembered from then on) or `undefined`. Returns `undefined` when one is
-     * under way already.
-     */
-    begin(identity: IdentityClaims): ((member: Member | undefined) => void) | undefined {
-      const claims = claimsKey(identity);
-      if (underWay.has(claims)) return undefined;
-      let settle!: (member: Member | undefined) => void;
-      underWay.set(claims, new Promise((resolve) => (settle = resolve)));
-      return (member) => {
-        underWay.delete(claims);
-        if (member) remembered?.set(personKey(identity), { claims, member: freezeMember(member) });
-        settle(member);
-      };
+      const member = provision().then((member) => {
+        remembered?.set(person, { claims: identity, member: freezeMember(member) });
+        return member;
+      });
+      const provisioning = { claims: identity, member };
+      underWay.set(person, provisioning);
+      try {
+        return await member;
+      } finally {
+        // A later provisioning of other claims may have taken the place meanwhile.
+        if (underWay.get(person) === provisioning) underWay.delete(person);
+      }
     },
 
     /** How many people are remembered now. */
@@ -73,22 +79,25 @@ export type MemberCache = ReturnType<typeof createMemberCache>;
 const personKey = (identity: IdentityClaims) => `${identity.tenantId}\u0000${identity.userId}`;
 
 /**
- * Everything provisioning writes from a token. An absent claim (`undefined`, left out by JSON)
- * and `null` differ, as they do for provisioning.
+ * Whether two identities carry the same values for everything provisioning writes. An absent
+ * claim (`undefined`) and `null` differ, as they do for provisioning.
  */
-function claimsKey(identity: IdentityClaims): string {
-  let key = claimsKeys.get(identity);
-  if (key === undefined) {
-    const { userId, tenantId, email, name, avatarUrl, emailVerified, roles } = identity;
-    key = JSON.stringify({ userId, tenantId, email, name, avatarUrl, emailVerified, roles });
-    claimsKeys.set(identity, key);
-  }
-  return key;
+function sameClaims(a: IdentityClaims, b: IdentityClaims): boolean {
+  return (
+    a.userId === b.userId &&
+    a.tenantId === b.tenantId &&
+    a.email === b.email &&
+    a.name === b.name &&
+    a.avatarUrl === b.avatarUrl &&
+    a.emailVerified === b.emailVerified &&
+    sameRoles(a.roles, b.roles)
+  );
 }
 
-// A verified token's identity is one frozen object, shared by every request that presents the
-// token again, so its key is worked out once.
-const claimsKeys = new WeakMap<IdentityClaims, string>();
+function sameRoles(a: readonly string[] | undefined, b: readonly string[] | undefined): boolean {
+  if (a === undefined || b === undefined) return a === b;
+  return a.length === b.length && a.every((role, index) => role === b[index]);
+}
 
 /** Remembered rows are handed to every later request; none of them may change what others see. */
 function freezeMember(member: Member): Member {

@@ -2,9 +2,11 @@ import { TRPCError, initTRPC } from '@trpc/server';
 import superjson from 'superjson';
 import { ZodError, z } from 'zod';
 import { isDatabaseUnavailable } from '../db/errors.js';
+import { type IdentityClaims, provisionIdentity } from '../db/provisioning.js';
 import { AccessTokenError } from './auth/access-token.js';
-import type { Context, Member } from './context.js';
+import type { Context } from './context.js';
 import { withDeadline } from './deadline.js';
+import type { Member } from './member-cache.js';
 
 const t = initTRPC.context<Context>().create({
   transformer: superjson,
@@ -37,7 +39,6 @@ const t = initTRPC.context<Context>().create({
 });
 
 export const router = t.router;
-export const middleware = t.middleware;
 export const createCallerFactory = t.createCallerFactory;
 
 const unavailable = (cause: unknown) =>
@@ -59,69 +60,78 @@ async function unavailableWhenStuck<Result extends { ok: true } | { ok: false; e
   return result;
 }
 
-export const publicProcedure = t.procedure.use(({ ctx, next }) => unavailableWhenStuck(ctx, next));
+/**
+ * The caller, provisioned: a valid token is required (verified with the request, no database
+ * work), then the member cache gives their rows or provisions them in a transaction of its own,
+ * and a deactivated membership is refused. The procedure gets the rows as plain data.
+ * One middleware with the deadline, so the calls every page load makes pay for one level of
+ * tRPC's per-middleware context copying, not two.
+ */
+const provisionCaller = t.middleware(({ ctx, next }) =>
+  unavailableWhenStuck(ctx, async () => {
+    if (ctx.auth.status !== 'verified') throw ctx.auth.error;
+    const { identity } = ctx.auth;
+    const { user, organization, membership } = await ctx.members.getOrProvision(identity, () =>
+      provisionMember(ctx, identity),
+    );
+    if (!membership.isActive) {
+      throw new TRPCError({ code: 'FORBIDDEN', message: 'Your membership in this organization is deactivated' });
+    }
+    return next({ ctx: { user, organization, membership } });
+  }),
+);
 
-/** Refuses a request without a valid access token. Verifying needs no database. */
-export const signedInProcedure = publicProcedure.use(({ ctx, next }) => {
-  if (ctx.auth.status !== 'verified') throw ctx.auth.error;
-  return next();
-});
+async function provisionMember({ db, log }: Context, identity: IdentityClaims): Promise<Member> {
+  const { organization, user, membership, created } = await provisionIdentity(db, identity);
+  const ids = { organizationId: organization.id, userId: user.id };
+  if (created.organization) log.info({ ...ids, slug: organization.slug }, 'Created organization');
+  if (created.user) log.info(ids, 'Created user');
+  if (created.membership) log.info({ ...ids, role: membership.role }, 'Created membership');
+  return { user, organization, membership };
+}
 
-/** The caller's rows, refused when their membership is deactivated. */
-export function activeMember(member: Member): Member {
-  if (!member.membership.isActive) {
-    throw new TRPCError({ code: 'FORBIDDEN', message: 'Your membership in this organization is deactivated' });
-  }
-  return member;
+/** What `checkingInputFirst` needs of a tRPC procedure builder. */
+interface Chain {
+  input(schema: unknown): Chain;
+  output(schema: unknown): Chain;
+  meta(meta: unknown): Chain;
+  use(middleware: unknown): Chain;
 }
 
 /**
- * A middleware that runs the rest of the procedure as the caller (`ctx.withMember`), with the
- * context narrowed to what `narrow` makes of their rows; `narrow` throws to refuse them. A caller
- * without a valid token is refused first, as by `signedInProcedure`. On a first request the rest
- * runs in the provisioning transaction (`ctx.db` is that transaction), which a failed call rolls
- * back.
+ * `after.reduce(use, before)`, except that every `.input()` and `.output()` chained onto it
+ * goes before the middlewares of `after`, and every `.use()` after them. tRPC runs middlewares
+ * and input parsers in the order they were chained, so `protectedProcedure.input(schema)` would
+ * otherwise provision the caller before checking the input: a call with bad input must be
+ * refused before any database work (and answer 400, not 503, while the database is down).
  */
-export function asCaller<Narrowed extends object>(narrow: (member: Member) => Narrowed) {
-  return t.middleware(({ ctx, next }) =>
-    ctx.withMember(
-      (member, db) => next({ ctx: { ...narrow(member), db } }),
-      (result) => result.ok,
-    ),
-  );
+function checkingInputFirst(before: Chain, after: readonly unknown[]): Chain {
+  const chained = after.reduce<Chain>((builder, middleware) => builder.use(middleware), before);
+  return {
+    ...chained,
+    input: (schema) => checkingInputFirst(before.input(schema), after),
+    output: (schema) => checkingInputFirst(before.output(schema), after),
+    meta: (meta) => checkingInputFirst(before.meta(meta), after),
+    use: (middleware) => checkingInputFirst(before, [...after, middleware]),
+  };
 }
 
-/**
- * `publicProcedure.use(asCaller(narrow))` as one middleware, for procedures without input (no
- * input check has to come between): the calls every page load makes pay for one middleware,
- * not two. Each costs a few microseconds of context copying in tRPC, which shows at thousands of
- * requests a second.
- */
-export function callerProcedure<Narrowed extends object>(narrow: (member: Member) => Narrowed) {
-  return t.procedure.use(({ ctx, next }) =>
-    unavailableWhenStuck(ctx, () =>
-      ctx.withMember(
-        (member, db) => next({ ctx: { ...narrow(member), db } }),
-        (result) => result.ok,
-      ),
-    ),
-  );
-}
+// The builder's type is tRPC's own; only the order of what runs differs.
+const chainedInOrder = t.procedure.use(provisionCaller);
 
 /**
- * Narrows the context to the caller's `user`, `organization` and `membership`, present for
- * sure. A procedure with input puts this after `.input()`, so bad input is refused before the
- * database is touched: `signedInProcedure.input(schema).use(asMember)`.
+ * The builder of every procedure for a signed-in member: `ctx.user`, `ctx.organization` and
+ * `ctx.membership` are present for sure. `protectedProcedure.input(schema)` checks the input
+ * before any database work, wherever `.input()` stands in the chain.
  */
-export const asMember = asCaller(activeMember);
+export const protectedProcedure = checkingInputFirst(t.procedure as unknown as Chain, [
+  provisionCaller,
+]) as unknown as typeof chainedInOrder;
 
-/** `asMember`, for admins of the organization only. */
-export const asAdmin = asCaller((member) => {
-  if (activeMember(member).membership.role !== 'admin') {
+/** `protectedProcedure`, for admins of the organization only: the one middleware they add. */
+export const adminProcedure = protectedProcedure.use(({ ctx, next }) => {
+  if (ctx.membership.role !== 'admin') {
     throw new TRPCError({ code: 'FORBIDDEN', message: 'This requires the admin role in the organization' });
   }
-  return member;
+  return next();
 });
-
-/** `publicProcedure.use(asMember)`, for procedures without input. */
-export const protectedProcedure = callerProcedure(activeMember);

@@ -8,12 +8,13 @@ import {
   getMessagesBySessionId,
   getOrCreateActiveSession,
   getSessionById,
+  type SessionOwner,
   getSessionsByOwner,
   renameSessionById,
   titleFromMessage,
 } from '../../db/chat.js';
-import type { Member } from '../context.js';
-import { activeMember, asCaller, callerProcedure, router, signedInProcedure } from '../trpc.js';
+import type { Member } from '../member-cache.js';
+import { protectedProcedure, router } from '../trpc.js';
 
 /** Length in characters as people count them (code points), as PostgreSQL's `char_length` does. */
 const characters = (value: string) => [...value].length;
@@ -43,15 +44,8 @@ const cursor = z.string().max(512).nullish();
 const sessionCursor = z.object({ updatedAt: z.iso.datetime().transform((value) => new Date(value)), id: z.uuid() });
 const messageCursor = z.object({ seq: z.number().int().positive() });
 
-/**
- * `asMember` plus `ctx.owner`: the caller in their current organization, which every query
- * filters by. After `.input()`, so that bad input never reaches the database.
- */
-const chatOwner = (member: Member) => ({
-  ...activeMember(member),
-  owner: { userId: member.user.id, organizationId: member.organization.id },
-});
-const asChatOwner = asCaller(chatOwner);
+/** Whose sessions a call may touch: the caller in their current organization, in every query's `WHERE`. */
+const ownerOf = ({ user, organization }: Member): SessionOwner => ({ userId: user.id, organizationId: organization.id });
 
 function sessionNotFound(): never {
   // The same answer for a session that does not exist and one that is not the caller's.
@@ -60,34 +54,35 @@ function sessionNotFound(): never {
 
 export const chatRouter = router({
   /** The caller's active session in this organization, created (titled `New Chat`) when there is none. */
-  getActiveSession: callerProcedure(chatOwner).query(async ({ ctx }) => {
-    const { session, created } = await getOrCreateActiveSession(ctx.db, ctx.owner);
-    if (created) ctx.log.info({ ...ctx.owner, sessionId: session.id }, 'Created new active session');
+  getActiveSession: protectedProcedure.query(async ({ ctx }) => {
+    const owner = ownerOf(ctx);
+    const { session, created } = await getOrCreateActiveSession(ctx.db, owner);
+    if (created) ctx.log.info({ ...owner, sessionId: session.id }, 'Created new active session');
     return session;
   }),
 
   /** A new session, now the active one; the previously active one becomes inactive. */
-  createSession: signedInProcedure
+  createSession: protectedProcedure
     .input(z.object({ title: title.optional() }).optional())
-    .use(asChatOwner)
     .mutation(async ({ ctx, input }) => {
-      const session = await createActiveSession(ctx.db, { ...ctx.owner, title: input?.title });
-      ctx.log.info({ ...ctx.owner, sessionId: session.id }, 'Created session');
+      const owner = ownerOf(ctx);
+      const session = await createActiveSession(ctx.db, { ...owner, title: input?.title });
+      ctx.log.info({ ...owner, sessionId: session.id }, 'Created session');
       return session;
     }),
 
   /** The caller's sessions, most recent activity first. */
-  listSessions: signedInProcedure
+  listSessions: protectedProcedure
     .input(
       z
         .object({ limit: z.number().int().min(1).max(100).default(20), cursor })
         .default({ limit: 20 }),
     )
-    .use(asChatOwner)
     .query(async ({ ctx, input }) => {
-      const scope = `chat.listSessions:${ctx.owner.userId}:${ctx.owner.organizationId}`;
+      const owner = ownerOf(ctx);
+      const scope = `chat.listSessions:${owner.userId}:${owner.organizationId}`;
       const before = input.cursor ? ctx.cursors.decode(scope, sessionCursor, input.cursor) : undefined;
-      const { sessions, hasMore } = await getSessionsByOwner(ctx.db, { ...ctx.owner, limit: input.limit, before });
+      const { sessions, hasMore } = await getSessionsByOwner(ctx.db, { ...owner, limit: input.limit, before });
       const last = sessions.at(-1);
       return {
         items: sessions,
@@ -95,46 +90,46 @@ export const chatRouter = router({
       };
     }),
 
-  getSession: signedInProcedure
+  getSession: protectedProcedure
     .input(z.object({ sessionId }))
-    .use(asChatOwner)
     .query(async ({ ctx, input }) => {
-      return (await getSessionById(ctx.db, { ...ctx.owner, id: input.sessionId })) ?? sessionNotFound();
+      const owner = ownerOf(ctx);
+      return (await getSessionById(ctx.db, { ...owner, id: input.sessionId })) ?? sessionNotFound();
     }),
 
   /** Makes the session the only active one. */
-  setActiveSession: signedInProcedure
+  setActiveSession: protectedProcedure
     .input(z.object({ sessionId }))
-    .use(asChatOwner)
     .mutation(async ({ ctx, input }) => {
-      return (await activateSessionById(ctx.db, { ...ctx.owner, id: input.sessionId })) ?? sessionNotFound();
+      const owner = ownerOf(ctx);
+      return (await activateSessionById(ctx.db, { ...owner, id: input.sessionId })) ?? sessionNotFound();
     }),
 
-  renameSession: signedInProcedure
+  renameSession: protectedProcedure
     .input(z.object({ sessionId, title }))
-    .use(asChatOwner)
     .mutation(async ({ ctx, input }) => {
-      const session = await renameSessionById(ctx.db, { ...ctx.owner, id: input.sessionId, title: input.title });
+      const owner = ownerOf(ctx);
+      const session = await renameSessionById(ctx.db, { ...owner, id: input.sessionId, title: input.title });
       return session ?? sessionNotFound();
     }),
 
   /** Deletes the session and its messages. When it was active, none is until `getActiveSession` makes one. */
-  deleteSession: signedInProcedure
+  deleteSession: protectedProcedure
     .input(z.object({ sessionId }))
-    .use(asChatOwner)
     .mutation(async ({ ctx, input }) => {
-      if (!(await deleteSessionById(ctx.db, { ...ctx.owner, id: input.sessionId }))) sessionNotFound();
-      ctx.log.info({ ...ctx.owner, sessionId: input.sessionId }, 'Deleted session');
+      const owner = ownerOf(ctx);
+      if (!(await deleteSessionById(ctx.db, { ...owner, id: input.sessionId }))) sessionNotFound();
+      ctx.log.info({ ...owner, sessionId: input.sessionId }, 'Deleted session');
       return { sessionId: input.sessionId };
     }),
 
   /** Stores the caller's message; the first one titles a session still called `New Chat`. */
-  sendMessage: signedInProcedure
+  sendMessage: protectedProcedure
     .input(z.object({ sessionId, content }))
-    .use(asChatOwner)
     .mutation(async ({ ctx, input }) => {
+      const owner = ownerOf(ctx);
       const stored = await addMessageToSession(ctx.db, {
-        ...ctx.owner,
+        ...owner,
         sessionId: input.sessionId,
         role: 'user',
         content: input.content,
@@ -149,20 +144,20 @@ export const chatRouter = router({
    * The newest `limit` messages (older than `cursor` when given), oldest first; `nextCursor`
    * fetches the page before them and is null at the start of the conversation.
    */
-  listMessages: signedInProcedure
+  listMessages: protectedProcedure
     .input(z.object({ sessionId, limit: z.number().int().min(1).max(100).default(50), cursor }))
-    .use(asChatOwner)
     .query(async ({ ctx, input }) => {
+      const owner = ownerOf(ctx);
       const scope = `chat.listMessages:${input.sessionId}`;
       const before = input.cursor ? ctx.cursors.decode(scope, messageCursor, input.cursor) : undefined;
       const { messages, hasMore } = await getMessagesBySessionId(ctx.db, {
-        ...ctx.owner,
+        ...owner,
         sessionId: input.sessionId,
         limit: input.limit,
         beforeSeq: before?.seq,
       });
       // An empty page: an empty conversation, or no session of the caller's.
-      if (messages.length === 0 && !(await getSessionById(ctx.db, { ...ctx.owner, id: input.sessionId }))) {
+      if (messages.length === 0 && !(await getSessionById(ctx.db, { ...owner, id: input.sessionId }))) {
         sessionNotFound();
       }
       const oldest = messages[0];

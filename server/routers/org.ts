@@ -1,18 +1,17 @@
 import { z } from 'zod';
 import { getMembersByOrganizationId } from '../../db/members.js';
-import { asAdmin, router, signedInProcedure } from '../trpc.js';
+import { adminProcedure, router } from '../trpc.js';
 
 const memberCursor = z.object({ createdAt: z.iso.datetime().transform((value) => new Date(value)), userId: z.string() });
 
 export const orgRouter = router({
   /** The current organization's members, in joining order. Admins only. */
-  members: signedInProcedure
+  members: adminProcedure
     .input(
       z
         .object({ limit: z.number().int().min(1).max(100).default(50), cursor: z.string().max(1024).nullish() })
         .default({ limit: 50 }),
     )
-    .use(asAdmin)
     .query(async ({ ctx, input }) => {
       const scope = `org.members:${ctx.organization.id}`;
       const after = input.cursor ? ctx.cursors.decode(scope, memberCursor, input.cursor) : undefined;

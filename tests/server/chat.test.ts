@@ -1,9 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import { and, count, eq } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { sessionColumns } from '../../db/chat.js';
 import { chatMessages, chatSessions } from '../../db/schema.js';
 import { deactivateMembership, whileInsertsFail } from '../support/database.js';
 import { expectTRPCError } from '../support/errors.js';
+import { allPages } from '../support/paging.js';
 import { type TestApp, startTestApp } from '../support/test-app.js';
 
 let app: TestApp;
@@ -12,17 +14,10 @@ beforeAll(async () => {
 });
 afterAll(() => app.close());
 
-interface Person {
-  sub: string;
-  tenantId: string;
-}
+type Person = { sub: string; tenantId: string };
 
 function newPerson(tenantId: string = randomUUID()): Person {
   return { sub: randomUUID(), tenantId };
-}
-
-async function callerAs(person: Person, options: { provisionEveryRequest?: boolean } = {}) {
-  return app.callerFor(await app.idp.mintToken({ claims: { sub: person.sub, tenantId: person.tenantId } }), options);
 }
 
 
@@ -52,16 +47,16 @@ async function setUpdatedAt(sessionId: string, updatedAt: Date) {
   await app.db.update(chatSessions).set({ updatedAt }).where(eq(chatSessions.id, sessionId));
 }
 
-const sessionShape = {
-  id: expect.any(String),
-  title: expect.any(String),
-  isActive: expect.any(Boolean),
-  createdAt: expect.any(Date),
-  updatedAt: expect.any(Date),
-};
+/** A `Session` as the API returns it: exactly the fields of `sessionColumns`, each of its column's type. */
+const sessionShape = Object.fromEntries(
+  Object.entries(sessionColumns).map(([field, column]) => [
+    field,
+    expect.any(column.dataType === 'date' ? Date : column.dataType === 'boolean' ? Boolean : String),
+  ]),
+);
 
 describe('every chat procedure', () => {
-  type Caller = Awaited<ReturnType<typeof callerAs>>;
+  type Caller = Awaited<ReturnType<TestApp['as']>>;
   const calls: [string, (caller: Caller, sessionId: string) => Promise<unknown>][] = [
     ['getActiveSession', (c) => c.chat.getActiveSession()],
     ['createSession', (c) => c.chat.createSession({ title: 'x' })],
@@ -81,12 +76,12 @@ describe('every chat procedure', () => {
 
   it.each(calls)('%s answers FORBIDDEN to a deactivated member, and changes nothing', async (_, call) => {
     const person = newPerson();
-    const caller = await callerAs(person);
+    const caller = await app.as(person);
     const session = await caller.chat.getActiveSession();
     await caller.chat.sendMessage({ sessionId: session.id, content: 'before' });
     const before = await storedState(session.id);
     await deactivateMembership(app.db, { userId: person.sub, organizationId: person.tenantId });
-    await expectTRPCError(call(await callerAs(person, { provisionEveryRequest: true }), session.id), 'FORBIDDEN');
+    await expectTRPCError(call(await app.as(person, { provisionEveryRequest: true }), session.id), 'FORBIDDEN');
     expect(await storedState(session.id)).toEqual(before);
     expect(await activeSessionIds(person)).toEqual([session.id]);
   });
@@ -95,10 +90,9 @@ describe('every chat procedure', () => {
 describe('chat.getActiveSession', () => {
   it('creates a `New Chat` session on first call, logs it, and returns the same one afterwards', async () => {
     const person = newPerson();
-    const caller = await callerAs(person);
+    const caller = await app.as(person);
     const first = await caller.chat.getActiveSession();
     expect(first).toEqual({ ...sessionShape, title: 'New Chat', isActive: true });
-    expect(Object.keys(first).sort()).toEqual(['createdAt', 'id', 'isActive', 'title', 'updatedAt']);
 
     expect(await caller.chat.getActiveSession()).toEqual(first);
     const created = app.logs.filter((line) => line.msg === 'Created new active session' && line.userId === person.sub);
@@ -112,7 +106,7 @@ describe('chat.getActiveSession', () => {
     for (let round = 0; round < 3; round++) {
       const person = newPerson();
       // Signed in (provisioned) first, so the 30 calls reach the session statement together.
-      const callers = await Promise.all(Array.from({ length: 30 }, () => callerAs(person)));
+      const callers = await Promise.all(Array.from({ length: 30 }, () => app.as(person)));
       const sessions = await Promise.all(callers.map((caller) => caller.chat.getActiveSession()));
       expect(new Set(sessions.map((session) => session.id)).size).toBe(1);
       const [stored] = await app.db.select({ n: count() }).from(chatSessions).where(eq(chatSessions.userId, person.sub));
@@ -122,17 +116,17 @@ describe('chat.getActiveSession', () => {
 
   it('keeps one active session per organization for a user of two tenants', async () => {
     const person = newPerson();
-    const inA = await (await callerAs(person)).chat.getActiveSession();
-    const inB = await (await callerAs({ ...person, tenantId: randomUUID() })).chat.getActiveSession();
+    const inA = await (await app.as(person)).chat.getActiveSession();
+    const inB = await (await app.as({ ...person, tenantId: randomUUID() })).chat.getActiveSession();
     expect(inA.id).not.toBe(inB.id);
-    expect(await (await callerAs(person)).chat.getActiveSession()).toEqual(inA);
+    expect(await (await app.as(person)).chat.getActiveSession()).toEqual(inA);
   });
 });
 
 describe('chat.createSession', () => {
   it('makes the new session the only active one', async () => {
     const person = newPerson();
-    const caller = await callerAs(person);
+    const caller = await app.as(person);
     const old = await caller.chat.getActiveSession();
     const created = await caller.chat.createSession({ title: '  Trip planning  ' });
     expect(created).toEqual({ ...sessionShape, title: 'Trip planning', isActive: true });
@@ -143,7 +137,7 @@ describe('chat.createSession', () => {
   });
 
   it('titles a session `New Chat` when no title is given, with or without an input object', async () => {
-    const caller = await callerAs(newPerson());
+    const caller = await app.as(newPerson());
     expect(await caller.chat.createSession()).toMatchObject({ title: 'New Chat' });
     expect(await caller.chat.createSession({})).toMatchObject({ title: 'New Chat' });
   });
@@ -151,7 +145,7 @@ describe('chat.createSession', () => {
   it('leaves one active session when many are created at once, also racing getActiveSession', async () => {
     const person = newPerson();
     const calls = Array.from({ length: 12 }, async (_, i) => {
-      const caller = await callerAs(person);
+      const caller = await app.as(person);
       return i % 3 === 0 ? caller.chat.getActiveSession() : caller.chat.createSession({ title: `Chat ${i}` });
     });
     await Promise.all(calls);
@@ -160,7 +154,7 @@ describe('chat.createSession', () => {
 
   it('keeps the previous session active when the new one cannot be stored (one transaction)', async () => {
     const person = newPerson();
-    const caller = await callerAs(person);
+    const caller = await app.as(person);
     const old = await caller.chat.getActiveSession();
     const failure = { table: 'chat_sessions', column: 'title', value: 'Refused', message: 'insert refused' };
     await whileInsertsFail(app.db, failure, () =>
@@ -178,13 +172,13 @@ describe('chat.createSession', () => {
     ['not a string', 42],
   ])('answers BAD_REQUEST to a title that is %s, and creates nothing', async (_, title) => {
     const person = newPerson();
-    const caller = await callerAs(person);
+    const caller = await app.as(person);
     await expectTRPCError(caller.chat.createSession({ title } as { title: string }), 'BAD_REQUEST');
     expect(await activeSessionIds(person)).toEqual([]);
   });
 
   it('counts title length in characters after trimming: 200 emoji fit, with spaces around them', async () => {
-    const caller = await callerAs(newPerson());
+    const caller = await app.as(newPerson());
     const title = '😀'.repeat(200);
     expect(await caller.chat.createSession({ title: `  ${title}  ` })).toMatchObject({ title });
   });
@@ -194,7 +188,7 @@ describe('chat.listSessions', () => {
   /** A person with `n` sessions whose activity is one second apart, newest last. */
   async function personWithSessions(n: number) {
     const person = newPerson();
-    const caller = await callerAs(person);
+    const caller = await app.as(person);
     const ids: string[] = [];
     const base = Date.now() - 60 * 60 * 1000;
     for (let i = 0; i < n; i++) {
@@ -205,15 +199,9 @@ describe('chat.listSessions', () => {
     return { person, caller, newestFirst: ids.reverse() };
   }
 
-  async function listAll(caller: Awaited<ReturnType<typeof callerAs>>, limit: number) {
-    const ids: string[] = [];
-    let cursor: string | null = null;
-    do {
-      const page: { items: { id: string }[]; nextCursor: string | null } = await caller.chat.listSessions({ limit, cursor });
-      ids.push(...page.items.map((session) => session.id));
-      cursor = page.nextCursor;
-    } while (cursor);
-    return ids;
+  async function listAll(caller: Awaited<ReturnType<TestApp['as']>>, limit: number) {
+    const pages = await allPages((cursor) => caller.chat.listSessions({ limit, cursor }));
+    return pages.flat().map((session) => session.id);
   }
 
   it('lists the caller’s sessions by most recent activity, 20 by default', async () => {
@@ -269,11 +257,11 @@ describe('chat.listSessions', () => {
 
   it('shows no session of another user of the organization or of another tenant', async () => {
     const person = newPerson();
-    await (await callerAs(person)).chat.getActiveSession();
+    await (await app.as(person)).chat.getActiveSession();
     const colleague = newPerson(person.tenantId);
-    const mine = await (await callerAs(colleague)).chat.getActiveSession();
-    await (await callerAs({ ...colleague, tenantId: randomUUID() })).chat.getActiveSession();
-    const listed = await (await callerAs(colleague)).chat.listSessions();
+    const mine = await (await app.as(colleague)).chat.getActiveSession();
+    await (await app.as({ ...colleague, tenantId: randomUUID() })).chat.getActiveSession();
+    const listed = await (await app.as(colleague)).chat.listSessions();
     expect(listed.items.map((s) => s.id)).toEqual([mine.id]);
   });
 
@@ -285,7 +273,7 @@ describe('chat.listSessions', () => {
     const forged = Buffer.from(JSON.stringify({ updatedAt: new Date().toISOString(), id: randomUUID() })).toString(
       'base64url',
     );
-    const colleague = await callerAs(newPerson(person.tenantId));
+    const colleague = await app.as(newPerson(person.tenantId));
     await colleague.chat.createSession();
     const session = await caller.chat.getActiveSession();
     await caller.chat.sendMessage({ sessionId: session.id, content: 'hi' });
@@ -302,20 +290,20 @@ describe('chat.listSessions', () => {
   it.each([{ limit: 0 }, { limit: 101 }, { limit: 1.5 }, { cursor: 'x'.repeat(513) }])(
     'answers BAD_REQUEST to %j',
     async (input) => {
-      await expectTRPCError((await callerAs(newPerson())).chat.listSessions(input), 'BAD_REQUEST');
+      await expectTRPCError((await app.as(newPerson())).chat.listSessions(input), 'BAD_REQUEST');
     },
   );
 });
 
 describe('chat.getSession', () => {
   it('returns the caller’s session', async () => {
-    const caller = await callerAs(newPerson());
+    const caller = await app.as(newPerson());
     const session = await caller.chat.createSession({ title: 'Mine' });
     expect(await caller.chat.getSession({ sessionId: session.id })).toEqual(session);
   });
 
   it('answers NOT_FOUND for a session that does not exist, and BAD_REQUEST for an id that is not a UUID', async () => {
-    const caller = await callerAs(newPerson());
+    const caller = await app.as(newPerson());
     const error = await expectTRPCError(caller.chat.getSession({ sessionId: randomUUID() }), 'NOT_FOUND');
     expect(error.message).toBe('Chat session not found');
     await expectTRPCError(caller.chat.getSession({ sessionId: 'not-a-uuid' }), 'BAD_REQUEST');
@@ -326,7 +314,7 @@ describe('chat.getSession', () => {
 describe('chat.setActiveSession', () => {
   it('makes the chosen session the only active one', async () => {
     const person = newPerson();
-    const caller = await callerAs(person);
+    const caller = await app.as(person);
     const older = await caller.chat.createSession({ title: 'Older' });
     const newer = await caller.chat.createSession({ title: 'Newer' });
     expect(await caller.chat.setActiveSession({ sessionId: older.id })).toMatchObject({
@@ -343,7 +331,7 @@ describe('chat.setActiveSession', () => {
 
   it('leaves the caller’s active session alone when the chosen one is not found', async () => {
     const person = newPerson();
-    const caller = await callerAs(person);
+    const caller = await app.as(person);
     const active = await caller.chat.getActiveSession();
     await expectTRPCError(caller.chat.setActiveSession({ sessionId: randomUUID() }), 'NOT_FOUND');
     expect(await activeSessionIds(person)).toEqual([active.id]);
@@ -352,7 +340,7 @@ describe('chat.setActiveSession', () => {
 
 describe('chat.renameSession', () => {
   it('renames, trims the title and counts it as activity', async () => {
-    const caller = await callerAs(newPerson());
+    const caller = await app.as(newPerson());
     const session = await caller.chat.createSession();
     const renamed = await caller.chat.renameSession({ sessionId: session.id, title: '  Recipes ' });
     expect(renamed).toMatchObject({ id: session.id, title: 'Recipes' });
@@ -361,7 +349,7 @@ describe('chat.renameSession', () => {
   });
 
   it.each(['', ' \n\t ', 'y'.repeat(201)])('answers BAD_REQUEST to the title %j and keeps the old one', async (title) => {
-    const caller = await callerAs(newPerson());
+    const caller = await app.as(newPerson());
     const session = await caller.chat.createSession({ title: 'Kept' });
     await expectTRPCError(caller.chat.renameSession({ sessionId: session.id, title }), 'BAD_REQUEST');
     expect(await caller.chat.getSession({ sessionId: session.id })).toMatchObject({ title: 'Kept' });
@@ -371,7 +359,7 @@ describe('chat.renameSession', () => {
 describe('chat.deleteSession', () => {
   it('deletes the session with its messages; a new active one comes with the next getActiveSession', async () => {
     const person = newPerson();
-    const caller = await callerAs(person);
+    const caller = await app.as(person);
     const active = await caller.chat.getActiveSession();
     await caller.chat.sendMessage({ sessionId: active.id, content: 'one' });
     await caller.chat.sendMessage({ sessionId: active.id, content: 'two' });
@@ -389,7 +377,7 @@ describe('chat.deleteSession', () => {
 
   it('leaves the active session alone when an inactive one is deleted', async () => {
     const person = newPerson();
-    const caller = await callerAs(person);
+    const caller = await app.as(person);
     const inactive = await caller.chat.createSession();
     const active = await caller.chat.createSession();
     await caller.chat.deleteSession({ sessionId: inactive.id });
@@ -399,7 +387,7 @@ describe('chat.deleteSession', () => {
 
 describe('chat.sendMessage', () => {
   it('stores the message as the user’s and bumps the session’s activity', async () => {
-    const caller = await callerAs(newPerson());
+    const caller = await app.as(newPerson());
     const session = await caller.chat.getActiveSession();
     const message = await caller.chat.sendMessage({ sessionId: session.id, content: '  Hello there  ' });
     expect(message).toEqual({
@@ -415,7 +403,7 @@ describe('chat.sendMessage', () => {
   });
 
   it('titles a `New Chat` session from the first message’s opening words only', async () => {
-    const caller = await callerAs(newPerson());
+    const caller = await app.as(newPerson());
     const session = await caller.chat.getActiveSession();
     await caller.chat.sendMessage({
       sessionId: session.id,
@@ -428,7 +416,7 @@ describe('chat.sendMessage', () => {
   });
 
   it('keeps a title the user chose, and `New Chat` chosen after messages exist', async () => {
-    const caller = await callerAs(newPerson());
+    const caller = await app.as(newPerson());
     const named = await caller.chat.createSession({ title: 'Named' });
     await caller.chat.sendMessage({ sessionId: named.id, content: 'First words' });
     expect((await caller.chat.getSession({ sessionId: named.id })).title).toBe('Named');
@@ -439,14 +427,14 @@ describe('chat.sendMessage', () => {
   });
 
   it('cuts a title without splitting a long word or an emoji', async () => {
-    const caller = await callerAs(newPerson());
+    const caller = await app.as(newPerson());
     const session = await caller.chat.createSession();
     await caller.chat.sendMessage({ sessionId: session.id, content: `${'😀'.repeat(80)} tail` });
     expect((await caller.chat.getSession({ sessionId: session.id })).title).toBe(`${'😀'.repeat(50)}…`);
   });
 
   it('accepts 32,000 characters', async () => {
-    const caller = await callerAs(newPerson());
+    const caller = await app.as(newPerson());
     const session = await caller.chat.getActiveSession();
     const content = 'z'.repeat(32_000);
     expect(await caller.chat.sendMessage({ sessionId: session.id, content })).toMatchObject({ content });
@@ -459,7 +447,7 @@ describe('chat.sendMessage', () => {
     ['a NUL character', 'a\u0000'],
     ['a lone surrogate', '\udc00'],
   ])('answers BAD_REQUEST to content that is %s, and stores nothing', async (_, content) => {
-    const caller = await callerAs(newPerson());
+    const caller = await app.as(newPerson());
     const session = await caller.chat.getActiveSession();
     const before = await storedState(session.id);
     const error = await expectTRPCError(caller.chat.sendMessage({ sessionId: session.id, content }), 'BAD_REQUEST');
@@ -468,7 +456,7 @@ describe('chat.sendMessage', () => {
   });
 
   it('changes nothing when the message cannot be stored (one transaction)', async () => {
-    const caller = await callerAs(newPerson());
+    const caller = await app.as(newPerson());
     const session = await caller.chat.getActiveSession();
     const before = await storedState(session.id);
     const failure = { table: 'chat_messages', column: 'content', value: 'refused', message: 'insert refused' };
@@ -481,7 +469,7 @@ describe('chat.sendMessage', () => {
 
 describe('chat.listMessages', () => {
   async function sessionWithMessages(n: number) {
-    const caller = await callerAs(newPerson());
+    const caller = await app.as(newPerson());
     const session = await caller.chat.createSession();
     const contents: string[] = [];
     for (let i = 1; i <= n; i++) {
@@ -531,18 +519,9 @@ describe('chat.listMessages', () => {
     await app.db
       .insert(chatMessages)
       .values(roles.map((role, i) => ({ sessionId, role, content: `${i}`, createdAt: at })));
-    const pages = [];
-    let cursor: string | null = null;
-    do {
-      const page: { items: { content: string }[]; nextCursor: string | null } = await caller.chat.listMessages({
-        sessionId,
-        limit: 2,
-        cursor,
-      });
-      pages.unshift(...page.items.map((m) => m.content));
-      cursor = page.nextCursor;
-    } while (cursor);
-    expect(pages).toEqual(['0', '1', '2', '3', '4', '5']);
+    // Newest page first; each page oldest first.
+    const pages = await allPages((cursor) => caller.chat.listMessages({ sessionId, limit: 2, cursor }));
+    expect(pages.reverse().flat().map((m) => m.content)).toEqual(['0', '1', '2', '3', '4', '5']);
   });
 
   it('answers an empty page for a session with no messages', async () => {
@@ -562,7 +541,7 @@ describe('chat.listMessages', () => {
 });
 
 describe('isolation: a session of another user, or of the same user in another tenant', () => {
-  type Caller = Awaited<ReturnType<typeof callerAs>>;
+  type Caller = Awaited<ReturnType<TestApp['as']>>;
   const attempts: [string, (caller: Caller, sessionId: string) => Promise<unknown>][] = [
     ['getSession', (c, sessionId) => c.chat.getSession({ sessionId })],
     ['setActiveSession', (c, sessionId) => c.chat.setActiveSession({ sessionId })],
@@ -574,7 +553,7 @@ describe('isolation: a session of another user, or of the same user in another t
 
   async function ownersSession() {
     const owner = newPerson();
-    const caller = await callerAs(owner);
+    const caller = await app.as(owner);
     const session = await caller.chat.getActiveSession();
     await caller.chat.sendMessage({ sessionId: session.id, content: 'Private' });
     return { owner, session };
@@ -586,7 +565,7 @@ describe('isolation: a session of another user, or of the same user in another t
   ])('%s', (_, intruderOf) => {
     it.each(attempts)('%s answers NOT_FOUND, like a missing session, and changes nothing', async (_, attempt) => {
       const { owner, session } = await ownersSession();
-      const intruder = await callerAs(intruderOf(owner));
+      const intruder = await app.as(intruderOf(owner));
       // Their own active session, which a refused setActiveSession must not deactivate either.
       const intrudersOwn = await intruder.chat.getActiveSession();
       const before = await storedState(session.id);

@@ -4,7 +4,7 @@ import { eq } from 'drizzle-orm';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { users } from '../../db/schema.js';
 import { createMemberCache } from '../../server/member-cache.js';
-import { deactivateMembership } from '../support/database.js';
+import { deactivateMembership, whileInsertsFail } from '../support/database.js';
 import { expectTRPCError } from '../support/errors.js';
 import { type TestApp, startHttpServer, startTestApp } from '../support/test-app.js';
 
@@ -19,9 +19,6 @@ beforeEach(() => {
   statements.length = 0;
 });
 
-const transactionControl = new Set(['begin', 'commit', 'rollback']);
-const dataStatements = () => statements.filter((text) => !transactionControl.has(text));
-const transactions = () => statements.filter((text) => text === 'begin').length;
 /** The statements that provision: one upsert into `users` each time. */
 const provisionings = () => statements.filter((text) => text.startsWith('insert into "users"')).length;
 
@@ -29,34 +26,27 @@ function person(overrides: Record<string, unknown> = {}) {
   return { sub: randomUUID(), tenantId: randomUUID(), roles: ['Admin'], ...overrides };
 }
 
-async function callerAs(claims: Record<string, unknown>) {
-  return app.callerFor(await app.idp.mintToken({ claims }));
-}
-
 describe('statements per request', () => {
-  it('a first login is one transaction: the organization, user, membership and session statements', async () => {
-    await (await callerAs(person())).chat.getActiveSession();
+  it('a first login provisions (four statements sent at once), then runs the procedure: the session read and insert', async () => {
+    await (await app.as(person())).chat.getActiveSession();
 
-    expect(statements[0]).toBe('begin');
-    expect(statements.at(-1)).toBe('commit');
-    expect(transactions()).toBe(1);
-    const data = dataStatements();
-    expect(data).toHaveLength(4);
-    expect(data[0]).toMatch(/from "organizations"/);
-    expect(data[1]).toMatch(/^insert into "users"/);
-    expect(data[2]).toMatch(/^insert into "organization_members"/);
-    expect(data[3]).toMatch(/insert into "chat_sessions"/);
+    expect(statements).toHaveLength(6);
+    expect(statements[0]).toMatch(/^insert into "organizations"/);
+    expect(statements[1]).toMatch(/^select .* from "organizations"/);
+    expect(statements[2]).toMatch(/^insert into "users"/);
+    expect(statements[3]).toMatch(/^insert into "organization_members"/);
+    expect(statements[4]).toMatch(/^select .* from "chat_sessions"/);
+    expect(statements[5]).toMatch(/^insert into "chat_sessions"/);
   });
 
   it('a warm getActiveSession is one statement, also with a new token carrying the same claims', async () => {
     const claims = person();
-    const first = await (await callerAs(claims)).chat.getActiveSession();
+    const first = await (await app.as(claims)).chat.getActiveSession();
 
     statements.length = 0;
-    expect(await (await callerAs(claims)).chat.getActiveSession()).toEqual(first);
-    // A token minted a second later is another string with the same identity claims.
-    await sleep(1_000);
-    expect(await (await callerAs(claims)).chat.getActiveSession()).toEqual(first);
+    // Each `app.as` signs a new token: another string with the same identity claims.
+    expect(await (await app.as(claims)).chat.getActiveSession()).toEqual(first);
+    expect(await (await app.as(claims)).chat.getActiveSession()).toEqual(first);
 
     expect(statements).toHaveLength(2);
     expect(statements.every((text) => /^select .* from "chat_sessions"/.test(text))).toBe(true);
@@ -64,31 +54,31 @@ describe('statements per request', () => {
 
   it('a warm `me` needs no statement at all', async () => {
     const claims = person();
-    await (await callerAs(claims)).me();
+    await (await app.as(claims)).me();
     statements.length = 0;
-    expect((await (await callerAs(claims)).me()).user.id).toBe(claims.sub);
+    expect((await (await app.as(claims)).me()).user.id).toBe(claims.sub);
     expect(statements).toEqual([]);
   });
 
   it('provisions once for a batch of first calls sharing a context', async () => {
-    const caller = await callerAs(person());
+    const caller = await app.as(person());
     await Promise.all([caller.chat.getActiveSession(), caller.chat.listSessions(), caller.me()]);
     expect(provisionings()).toBe(1);
-    expect(transactions()).toBe(1);
   });
 
   it('provisions once for a batch of first calls over HTTP', async () => {
     const http = await startHttpServer(app);
     try {
       const client = http.clientFor(await app.idp.mintToken({ claims: person() }));
-      const [session, list, me] = await Promise.all([
+      // The calls of a batch run concurrently once the caller is provisioned.
+      const [session, , me] = await Promise.all([
         client.chat.getActiveSession.query(),
         client.chat.listSessions.query(),
         client.me.query(),
       ]);
-      expect(list.items.map((item) => item.id)).toContain(session.id);
       expect(me.role).toBe('admin');
       expect(provisionings()).toBe(1);
+      expect((await client.chat.listSessions.query()).items.map((item) => item.id)).toEqual([session.id]);
     } finally {
       await http.close();
     }
@@ -97,7 +87,7 @@ describe('statements per request', () => {
   it('provisions once for concurrent first requests of one person, each with a context of its own', async () => {
     const claims = person();
     const sessions = await Promise.all(
-      Array.from({ length: 8 }, async () => (await callerAs(claims)).chat.getActiveSession()),
+      Array.from({ length: 8 }, async () => (await app.as(claims)).chat.getActiveSession()),
     );
     expect(new Set(sessions.map((session) => session.id)).size).toBe(1);
     expect(provisionings()).toBe(1);
@@ -107,13 +97,13 @@ describe('statements per request', () => {
 describe('what provisions again', () => {
   it('a demotion takes effect on the next request: it is never answered from the cache', async () => {
     const admin = person({ roles: ['Admin'] });
-    expect((await (await callerAs(admin)).org.members()).items).toHaveLength(1);
+    expect((await (await app.as(admin)).org.members()).items).toHaveLength(1);
 
     const demoted = { ...admin, roles: ['ReadOnly'] };
-    await expectTRPCError((await callerAs(demoted)).org.members(), 'FORBIDDEN');
-    expect((await (await callerAs(demoted)).me()).role).toBe('viewer');
+    await expectTRPCError((await app.as(demoted)).org.members(), 'FORBIDDEN');
+    expect((await (await app.as(demoted)).me()).role).toBe('viewer');
     // And back: the role follows each token, whichever was seen last.
-    expect((await (await callerAs(admin)).me()).role).toBe('admin');
+    expect((await (await app.as(admin)).me()).role).toBe('admin');
   });
 
   it.each([
@@ -125,24 +115,46 @@ describe('what provisions again', () => {
     ['tenant changes', { tenantId: randomUUID() }],
   ])("provisions again at once when the token's %s", async (_, change) => {
     const claims = person();
-    await (await callerAs(claims)).me();
+    await (await app.as(claims)).me();
     statements.length = 0;
-    const me = await (await callerAs({ ...claims, ...change })).me();
+    const me = await (await app.as({ ...claims, ...change })).me();
     expect(provisionings()).toBe(1);
     if ('email' in change) expect(me.user.email).toBe(change.email);
     if ('tenantId' in change) expect(me.organization.id).toBe(change.tenantId);
   });
 
-  it('a failed first request provisions nothing and remembers nothing', async () => {
+  it('a first request that fails after the input check still provisions the caller, once', async () => {
     const claims = person();
-    const caller = await callerAs(claims);
+    const caller = await app.as(claims);
     await expectTRPCError(caller.chat.sendMessage({ sessionId: randomUUID(), content: 'hello' }), 'NOT_FOUND');
-    expect(statements.at(-1)).toBe('rollback');
-    expect(await app.db.select().from(users).where(eq(users.id, claims.sub))).toEqual([]);
+    expect(await app.db.select({ id: users.id }).from(users).where(eq(users.id, claims.sub))).toEqual([{ id: claims.sub }]);
 
     statements.length = 0;
     await caller.chat.getActiveSession();
+    expect(provisionings()).toBe(0);
+  });
+
+  it('a first request with bad input provisions no one', async () => {
+    const claims = person();
+    await expectTRPCError((await app.as(claims)).chat.sendMessage({ sessionId: 'not-a-uuid', content: '' }), 'BAD_REQUEST');
+    expect(statements).toEqual([]);
+    expect(await app.db.select().from(users).where(eq(users.id, claims.sub))).toEqual([]);
+  });
+
+  it('a failed provisioning is shared by the calls waiting on it and remembered by none', async () => {
+    const claims = person();
+    const caller = await app.as(claims);
+    await whileInsertsFail(
+      app.db,
+      { table: 'users', column: 'id', value: claims.sub, message: 'refused by the test' },
+      async () => {
+        const results = await Promise.allSettled([caller.me(), caller.chat.getActiveSession(), caller.chat.listSessions()]);
+        expect(results.map((result) => result.status)).toEqual(['rejected', 'rejected', 'rejected']);
+      },
+    );
     expect(provisionings()).toBe(1);
+    expect((await caller.me()).user.id).toBe(claims.sub);
+    expect(provisionings()).toBe(2);
   });
 });
 
@@ -158,19 +170,18 @@ describe('a short-lived member cache', () => {
   });
   afterAll(() => short.close());
 
-  const callerIn = async (claims: Record<string, unknown>) => short.callerFor(await short.idp.mintToken({ claims }));
   const provisioned = () => seen.filter((text) => text.startsWith('insert into "users"')).length;
 
   it('provisions again once the entry is older than its lifetime, writing last_login at most once a minute', async () => {
     const claims = person();
-    await (await callerIn(claims)).me();
+    await (await short.as(claims)).me();
     const [before] = await short.db.select({ lastLogin: users.lastLogin }).from(users).where(eq(users.id, claims.sub));
     seen.length = 0;
 
-    await (await callerIn(claims)).me();
+    await (await short.as(claims)).me();
     expect(provisioned()).toBe(0);
     await sleep(TTL_MS + 50);
-    await (await callerIn(claims)).me();
+    await (await short.as(claims)).me();
     expect(provisioned()).toBe(1);
 
     const [after] = await short.db.select({ lastLogin: users.lastLogin }).from(users).where(eq(users.id, claims.sub));
@@ -179,24 +190,24 @@ describe('a short-lived member cache', () => {
 
   it('sees a membership deactivated in the database once the entry expires', async () => {
     const claims = person();
-    await (await callerIn(claims)).me();
+    await (await short.as(claims)).me();
     await deactivateMembership(short.db, { userId: claims.sub, organizationId: claims.tenantId });
 
     // Until then the rows provisioned a moment ago answer: the staleness the cache allows.
-    expect((await (await callerIn(claims)).me()).user.id).toBe(claims.sub);
+    expect((await (await short.as(claims)).me()).user.id).toBe(claims.sub);
     await sleep(TTL_MS + 50);
-    await expectTRPCError((await callerIn(claims)).me(), 'FORBIDDEN');
+    await expectTRPCError((await short.as(claims)).me(), 'FORBIDDEN');
   });
 
   it('holds at most its maximum number of people, dropping the least recently used', async () => {
     const people = Array.from({ length: 5 }, () => person());
-    for (const claims of people) await (await callerIn(claims)).me();
+    for (const claims of people) await (await short.as(claims)).me();
     seen.length = 0;
 
     // The last three are remembered; the first is not.
-    await (await callerIn(people[4]!)).me();
+    await (await short.as(people[4]!)).me();
     expect(provisioned()).toBe(0);
-    await (await callerIn(people[0]!)).me();
+    await (await short.as(people[0]!)).me();
     expect(provisioned()).toBe(1);
   });
 });

@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { organizationMembers } from '../../db/schema.js';
 import { deactivateMembership } from '../support/database.js';
 import { expectTRPCError } from '../support/errors.js';
+import { allPages } from '../support/paging.js';
 import { type TestApp, startTestApp } from '../support/test-app.js';
 
 let app: TestApp;
@@ -14,10 +15,6 @@ afterAll(() => app.close());
 
 function person(tenantId: string, overrides: Record<string, unknown> = {}) {
   return { sub: randomUUID(), tenantId, ...overrides };
-}
-
-async function callerAs(claims: Record<string, unknown>, options: { provisionEveryRequest?: boolean } = {}) {
-  return app.callerFor(await app.idp.mintToken({ claims }), options);
 }
 
 
@@ -31,7 +28,7 @@ describe('me', () => {
       email_verified: true,
       roles: ['Admin'],
     });
-    const me = await (await callerAs(claims)).me();
+    const me = await (await app.as(claims)).me();
 
     expect(me.role).toBe('admin');
     expect(me.user).toMatchObject({
@@ -58,17 +55,17 @@ describe('me', () => {
 
   it('answers FORBIDDEN for a deactivated membership', async () => {
     const claims = person(randomUUID());
-    await (await callerAs(claims)).me();
+    await (await app.as(claims)).me();
     await deactivateMembership(app.db, { userId: claims.sub, organizationId: claims.tenantId });
-    const error = await expectTRPCError((await callerAs(claims, { provisionEveryRequest: true })).me(), 'FORBIDDEN');
+    const error = await expectTRPCError((await app.as(claims, { provisionEveryRequest: true })).me(), 'FORBIDDEN');
     expect(error.message).toMatch(/deactivated/);
   });
 
   it('follows the tenant of the current token for a user of two tenants', async () => {
     const sub = randomUUID();
     const [tenantA, tenantB] = [randomUUID(), randomUUID()];
-    const inA = await (await callerAs({ sub, tenantId: tenantA, roles: ['Admin'] })).me();
-    const inB = await (await callerAs({ sub, tenantId: tenantB, roles: ['ReadOnly'] })).me();
+    const inA = await (await app.as({ sub, tenantId: tenantA, roles: ['Admin'] })).me();
+    const inB = await (await app.as({ sub, tenantId: tenantB, roles: ['ReadOnly'] })).me();
     expect([inA.organization.id, inA.role]).toEqual([tenantA, 'admin']);
     expect([inB.organization.id, inB.role]).toEqual([tenantB, 'viewer']);
     expect(inB.user.id).toBe(inA.user.id);
@@ -79,17 +76,17 @@ describe('org.members', () => {
   it('lists the members of the caller’s organization only, paged in joining order', async () => {
     const tenantId = randomUUID();
     const admin = person(tenantId, { roles: ['Admin'], email: 'admin@example.com' });
-    await (await callerAs(admin)).me();
+    await (await app.as(admin)).me();
     const others = [];
     for (const role of ['Editor', 'ReadOnly', 'Editor', 'Editor']) {
       const claims = person(tenantId, { roles: [role] });
       others.push(claims);
-      await (await callerAs(claims)).me();
+      await (await app.as(claims)).me();
     }
     // Someone in another tenant must never appear.
-    await (await callerAs(person(randomUUID()))).me();
+    await (await app.as(person(randomUUID()))).me();
 
-    const caller = await callerAs(admin);
+    const caller = await app.as(admin);
     const first = await caller.org.members({ limit: 2 });
     expect(first.items).toHaveLength(2);
     expect(first.nextCursor).toBeTypeOf('string');
@@ -119,21 +116,16 @@ describe('org.members', () => {
   it('pages members who joined at the same instant without duplicates or gaps', async () => {
     const tenantId = randomUUID();
     const admin = person(tenantId, { roles: ['Admin'] });
-    await (await callerAs(admin)).me();
-    for (let i = 0; i < 4; i += 1) await (await callerAs(person(tenantId))).me();
+    await (await app.as(admin)).me();
+    for (let i = 0; i < 4; i += 1) await (await app.as(person(tenantId))).me();
     await app.db
       .update(organizationMembers)
       .set({ createdAt: new Date('2026-01-01T00:00:00.000Z') })
       .where(eq(organizationMembers.organizationId, tenantId));
 
-    const caller = await callerAs(admin);
-    const seen: string[] = [];
-    let cursor: string | null = null;
-    do {
-      const page: { items: { userId: string }[]; nextCursor: string | null } = await caller.org.members({ limit: 2, cursor });
-      seen.push(...page.items.map((m) => m.userId));
-      cursor = page.nextCursor;
-    } while (cursor);
+    const caller = await app.as(admin);
+    const pages = await allPages((cursor) => caller.org.members({ limit: 2, cursor }));
+    const seen = pages.flat().map((m) => m.userId);
     const byUserId = await app.db
       .select({ userId: organizationMembers.userId })
       .from(organizationMembers)
@@ -147,34 +139,34 @@ describe('org.members', () => {
     ['member', ['Editor']],
     ['viewer', ['ReadOnly']],
   ])('answers FORBIDDEN to a %s', async (_, roles) => {
-    await expectTRPCError((await callerAs(person(randomUUID(), { roles }))).org.members(), 'FORBIDDEN');
+    await expectTRPCError((await app.as(person(randomUUID(), { roles }))).org.members(), 'FORBIDDEN');
   });
 
   it('takes effect with the next token after a demotion', async () => {
     const claims = person(randomUUID(), { roles: ['Admin'] });
-    await (await callerAs(claims)).org.members();
-    await expectTRPCError((await callerAs({ ...claims, roles: ['ReadOnly'] })).org.members(), 'FORBIDDEN');
+    await (await app.as(claims)).org.members();
+    await expectTRPCError((await app.as({ ...claims, roles: ['ReadOnly'] })).org.members(), 'FORBIDDEN');
   });
 
   it.each([
     ['not a cursor at all', 'not-a-cursor'],
     ['unsigned JSON', Buffer.from('{"createdAt":"2026-01-01T00:00:00.000Z","userId":"x"}').toString('base64url')],
   ])('answers BAD_REQUEST to a cursor that is %s', async (_, cursor) => {
-    const caller = await callerAs(person(randomUUID(), { roles: ['Admin'] }));
+    const caller = await app.as(person(randomUUID(), { roles: ['Admin'] }));
     await expectTRPCError(caller.org.members({ cursor }), 'BAD_REQUEST');
   });
 
   it('answers BAD_REQUEST to a genuine cursor of another organization’s member list', async () => {
     const tenantId = randomUUID();
-    for (let i = 0; i < 2; i++) await (await callerAs(person(tenantId))).me();
-    const { nextCursor } = await (await callerAs(person(tenantId, { roles: ['Admin'] }))).org.members({ limit: 1 });
+    for (let i = 0; i < 2; i++) await (await app.as(person(tenantId))).me();
+    const { nextCursor } = await (await app.as(person(tenantId, { roles: ['Admin'] }))).org.members({ limit: 1 });
     expect(nextCursor).toBeTypeOf('string');
-    const elsewhere = await callerAs(person(randomUUID(), { roles: ['Admin'] }));
+    const elsewhere = await app.as(person(randomUUID(), { roles: ['Admin'] }));
     await expectTRPCError(elsewhere.org.members({ cursor: nextCursor }), 'BAD_REQUEST');
   });
 
   it.each([{ limit: 0 }, { limit: 101 }, { limit: 2.5 }])('answers BAD_REQUEST to %j', async (input) => {
-    const caller = await callerAs(person(randomUUID(), { roles: ['Admin'] }));
+    const caller = await app.as(person(randomUUID(), { roles: ['Admin'] }));
     await expectTRPCError(caller.org.members(input), 'BAD_REQUEST');
   });
 });

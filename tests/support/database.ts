@@ -23,6 +23,23 @@ export async function createEmptyDatabase(prefix: string) {
 }
 
 /**
+ * A migrated database of the caller's own, for tests that change the schema itself: a new database
+ * on this run's PostgreSQL server, or a new in-memory PGlite. `drop` closes and removes it.
+ */
+export async function openPrivateDatabase(prefix: string): Promise<DatabaseHandle & { drop(): Promise<void> }> {
+  const empty = await createEmptyDatabase(prefix);
+  const database = openDatabase(empty ? { kind: 'postgres', url: empty.url } : { kind: 'pglite' });
+  await database.migrate();
+  return {
+    ...database,
+    async drop() {
+      await database.close();
+      await empty?.drop();
+    },
+  };
+}
+
+/**
  * Runs `fn` while PostgreSQL itself refuses inserts into `table` whose `column` equals `value`:
  * a real database failure at a chosen statement, with `message` as the driver's error text.
  */

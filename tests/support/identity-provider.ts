@@ -94,6 +94,9 @@ export async function startIdentityProvider(): Promise<TestIdentityProvider> {
         iss: issuer,
         iat: now,
         exp: now + 300,
+        // Frontegg's tokens carry none, but it makes every token a distinct string, as two tokens
+        // issued to one person a second apart are.
+        jti: randomUUID(),
         ...claims,
       };
       for (const [name, value] of Object.entries(payload)) if (value === undefined) delete payload[name];

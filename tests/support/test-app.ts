@@ -54,6 +54,13 @@ export async function startTestApp(options: { onStatement?: (text: string) => vo
     deps,
     logs,
     callerFor,
+    /**
+     * A caller signed in with a new token carrying these claims (the rest as
+     * `idp.mintToken` fills them in). Each token is a distinct string, as a refreshed token is.
+     */
+    async as(claims: Record<string, unknown>, options: { provisionEveryRequest?: boolean } = {}) {
+      return callerFor(await idp.mintToken({ claims }), options);
+    },
     async close() {
       await idp.close();
       await database.close();

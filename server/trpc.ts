@@ -45,30 +45,41 @@ const unavailable = (cause: unknown) =>
   new TRPCError({ code: 'SERVICE_UNAVAILABLE', message: 'The service is temporarily unavailable; try again shortly', cause });
 
 /**
- * A database that cannot be reached or is overloaded answers 503, so clients know to retry; so
- * does a call with no answer after `ctx.procedureTimeoutMs`. The timeouts on connections and
- * statements end nearly every stuck call sooner; this bounds whatever they miss.
+ * A database that cannot be reached or is overloaded answers 503, so clients know to retry,
+ * whether the failure was thrown before `next()` (provisioning) or came back from it (the
+ * procedure); so does a call with no answer after `ctx.procedureTimeoutMs`. The timeouts on
+ * connections and statements end nearly every stuck call sooner; this bounds whatever they miss.
  */
 async function unavailableWhenStuck<Result extends { ok: true } | { ok: false; error: TRPCError }>(
   ctx: Context,
   call: () => Promise<Result>,
 ): Promise<Result> {
-  const result = await withDeadline(call(), ctx.procedureTimeoutMs, () =>
-    unavailable(new Error(`No answer within ${ctx.procedureTimeoutMs} ms`)),
-  );
+  let result: Result;
+  try {
+    result = await withDeadline(call(), ctx.procedureTimeoutMs, () =>
+      unavailable(new Error(`No answer within ${ctx.procedureTimeoutMs} ms`)),
+    );
+  } catch (error) {
+    throw isDatabaseUnavailable(error) ? unavailable(error) : error;
+  }
   if (!result.ok && isDatabaseUnavailable(result.error.cause)) throw unavailable(result.error.cause);
   return result;
 }
 
+/** Refuses a request without a valid access token; verifying it needed no database. */
+const requireSignIn = t.middleware(function requireSignIn({ ctx, next }) {
+  if (ctx.auth.status !== 'verified') throw ctx.auth.error;
+  return next();
+});
+
 /**
- * The caller, provisioned: a valid token is required (verified with the request, no database
- * work), then the member cache gives their rows or provisions them in a transaction of its own,
- * and a deactivated membership is refused. The procedure gets the rows as plain data.
- * One middleware with the deadline, so the calls every page load makes pay for one level of
- * tRPC's per-middleware context copying, not two.
+ * The caller, provisioned: a valid token is required, then the member cache gives their rows or
+ * provisions them in a transaction of its own, and a deactivated membership is refused. The
+ * procedure gets the rows as plain data. The deadline is in the same middleware, so the calls
+ * every page load makes pay for one level of tRPC's per-middleware context copying, not two.
  */
-const provisionCaller = t.middleware(({ ctx, next }) =>
-  unavailableWhenStuck(ctx, async () => {
+const provisionCaller = t.middleware(function provisionCaller({ ctx, next }) {
+  return unavailableWhenStuck(ctx, async () => {
     if (ctx.auth.status !== 'verified') throw ctx.auth.error;
     const { identity } = ctx.auth;
     const { user, organization, membership } = await ctx.members.getOrProvision(identity, () =>
@@ -78,8 +89,8 @@ const provisionCaller = t.middleware(({ ctx, next }) =>
       throw new TRPCError({ code: 'FORBIDDEN', message: 'Your membership in this organization is deactivated' });
     }
     return next({ ctx: { user, organization, membership } });
-  }),
-);
+  });
+});
 
 async function provisionMember({ db, log }: Context, identity: IdentityClaims): Promise<Member> {
   const { organization, user, membership, created } = await provisionIdentity(db, identity);
@@ -95,34 +106,43 @@ interface Chain {
   input(schema: unknown): Chain;
   output(schema: unknown): Chain;
   meta(meta: unknown): Chain;
+  errors(formatter: unknown): Chain;
+  experimental_caller(caller: unknown): Chain;
   use(middleware: unknown): Chain;
 }
 
 /**
- * `after.reduce(use, before)`, except that every `.input()` and `.output()` chained onto it
- * goes before the middlewares of `after`, and every `.use()` after them. tRPC runs middlewares
- * and input parsers in the order they were chained, so `protectedProcedure.input(schema)` would
- * otherwise provision the caller before checking the input: a call with bad input must be
- * refused before any database work (and answer 400, not 503, while the database is down).
+ * `after.reduce(use, before)`, except that every `.input()` chained onto it goes before the
+ * middlewares of `after` (behind a sign-in check, so that a caller without a token learns nothing
+ * of the input's rules), and every `.use()` after them. tRPC runs middlewares and input parsers in
+ * the order they were chained, so `protectedProcedure.input(schema)` would otherwise provision
+ * the caller before checking the input: a call with bad input must be refused before any
+ * database work (and answer 400, not 503, while the database is down).
  */
-function checkingInputFirst(before: Chain, after: readonly unknown[]): Chain {
+function checkingInputFirst(before: Chain, after: readonly unknown[], signInChecked = false): Chain {
   const chained = after.reduce<Chain>((builder, middleware) => builder.use(middleware), before);
+  const notHere = (method: string) => () => {
+    throw new Error(`protectedProcedure.${method}() is not supported: it would run before the caller is provisioned`);
+  };
   return {
     ...chained,
-    input: (schema) => checkingInputFirst(before.input(schema), after),
-    output: (schema) => checkingInputFirst(before.output(schema), after),
-    meta: (meta) => checkingInputFirst(before.meta(meta), after),
-    use: (middleware) => checkingInputFirst(before, [...after, middleware]),
+    input: (schema) => checkingInputFirst((signInChecked ? before : before.use(requireSignIn)).input(schema), after, true),
+    output: (schema) => checkingInputFirst(before.output(schema), after, signInChecked),
+    meta: (meta) => checkingInputFirst(before.meta(meta), after, signInChecked),
+    errors: (formatter) => checkingInputFirst(before.errors(formatter), after, signInChecked),
+    experimental_caller: (caller) => checkingInputFirst(before.experimental_caller(caller), after, signInChecked),
+    use: (middleware) => checkingInputFirst(before, [...after, middleware], signInChecked),
+    ...{ concat: notHere('concat'), unstable_concat: notHere('unstable_concat') },
   };
 }
 
-// The builder's type is tRPC's own; only the order of what runs differs.
+// Only for its type, which is tRPC's own: `protectedProcedure` differs in the order things run.
 const chainedInOrder = t.procedure.use(provisionCaller);
 
 /**
  * The builder of every procedure for a signed-in member: `ctx.user`, `ctx.organization` and
- * `ctx.membership` are present for sure. `protectedProcedure.input(schema)` checks the input
- * before any database work, wherever `.input()` stands in the chain.
+ * `ctx.membership` are present for sure. `protectedProcedure.input(schema)` checks the token,
+ * then the input, before any database work, wherever `.input()` stands in the chain.
  */
 export const protectedProcedure = checkingInputFirst(t.procedure as unknown as Chain, [
   provisionCaller,

@@ -22,7 +22,7 @@ describe('input limits', () => {
 
   it('are checked before any database work: a first request with bad input provisions nobody', async () => {
     const sub = randomUUID();
-    const caller = await app.callerFor(await app.idp.mintToken({ claims: { sub } }));
+    const caller = await app.as({ sub });
     const tooLong = 'x'.repeat(32_001);
     await expect(caller.chat.sendMessage({ sessionId: randomUUID(), content: tooLong })).rejects.toMatchObject({
       code: 'BAD_REQUEST',
@@ -126,6 +126,19 @@ describe.skipIf(!databaseUrl)('with the database behind a proxy that the test cu
       proxy.setState('up');
       await server.close();
       await patient.close();
+    }
+  });
+
+  it('answers 503, not 500, to a first call whose provisioning meets the outage', async () => {
+    proxy.setState('cut');
+    for (const call of [
+      (client: ReturnType<typeof http.clientFor>) => client.me.query(),
+      (client: ReturnType<typeof http.clientFor>) => client.chat.getActiveSession.query(),
+      (client: ReturnType<typeof http.clientFor>) => client.chat.listSessions.query({ limit: 5 }),
+    ]) {
+      const error = await clientError(call(http.clientFor(await app.idp.mintToken())));
+      expect(error.data?.httpStatus).toBe(503);
+      expect(error.message).toBe('The service is temporarily unavailable; try again shortly');
     }
   });
 

@@ -1,13 +1,8 @@
 import { LRUCache } from 'lru-cache';
-import type { IdentityClaims } from '../db/provisioning.js';
-import type { Organization, OrganizationMember, User } from '../db/schema.js';
+import type { IdentityClaims, ProvisionedIdentity } from '../db/provisioning.js';
 
 /** The caller's rows, as `protectedProcedure` hands them to procedures. */
-export interface Member {
-  user: User;
-  organization: Organization;
-  membership: OrganizationMember;
-}
+export type Member = Omit<ProvisionedIdentity, 'created'>;
 
 export interface MemberCacheOptions {
   /** How many people's rows to remember (least recently used first out); 0 remembers none. */
@@ -53,8 +48,9 @@ export function createMemberCache({ maxEntries, ttlMs }: MemberCacheOptions = DE
       const pending = underWay.get(person);
       if (pending && sameClaims(pending.claims, identity)) return pending.member;
 
-      const member = provision().then((member) => {
-        remembered?.set(person, { claims: identity, member: freezeMember(member) });
+      const member = provision().then((provisioned) => {
+        const member = freezeMember(provisioned);
+        remembered?.set(person, { claims: identity, member });
         return member;
       });
       const provisioning = { claims: identity, member };
@@ -99,7 +95,7 @@ function sameRoles(a: readonly string[] | undefined, b: readonly string[] | unde
   return a.length === b.length && a.every((role, index) => role === b[index]);
 }
 
-/** Remembered rows are handed to every later request; none of them may change what others see. */
+/** The rows are handed to every request that shares them; none of them may change what others see. */
 function freezeMember(member: Member): Member {
   Object.freeze(member.user.profileData);
   for (const row of [member.user, member.organization, member.membership]) Object.freeze(row);

@@ -1,9 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { eq } from 'drizzle-orm';
+import { eq, sql } from 'drizzle-orm';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { users } from '../../db/schema.js';
-import { createMemberCache } from '../../server/member-cache.js';
+import { ZodError } from 'zod';
+import { chatSessions, users } from '../../db/schema.js';
+import { type Member, createMemberCache } from '../../server/member-cache.js';
 import { deactivateMembership, whileInsertsFail } from '../support/database.js';
 import { expectTRPCError } from '../support/errors.js';
 import { type TestApp, startHttpServer, startTestApp } from '../support/test-app.js';
@@ -37,6 +38,20 @@ describe('statements per request', () => {
     expect(statements[3]).toMatch(/^insert into "organization_members"/);
     expect(statements[4]).toMatch(/^select .* from "chat_sessions"/);
     expect(statements[5]).toMatch(/^insert into "chat_sessions"/);
+  });
+
+  it('provisioning commits in a transaction of its own, and the procedure runs after it on the pool', async () => {
+    const claims = person();
+    await (await app.as(claims)).chat.getActiveSession();
+    // `xmin` is the transaction that wrote a row: the user and their first session differ.
+    const [user] = await app.db.select({ xmin: sql<string>`xmin::text` }).from(users).where(eq(users.id, claims.sub));
+    const [session] = await app.db
+      .select({ xmin: sql<string>`xmin::text` })
+      .from(chatSessions)
+      .where(eq(chatSessions.userId, claims.sub));
+    expect(user?.xmin).toBeDefined();
+    expect(session?.xmin).toBeDefined();
+    expect(session?.xmin).not.toBe(user?.xmin);
   });
 
   it('a warm getActiveSession is one statement, also with a new token carrying the same claims', async () => {
@@ -134,6 +149,14 @@ describe('what provisions again', () => {
     expect(provisionings()).toBe(0);
   });
 
+  it('a call without a token is refused before its input is checked', async () => {
+    const error = await expectTRPCError(
+      (await app.callerFor(undefined)).chat.sendMessage({ sessionId: 'not-a-uuid', content: '' }),
+      'UNAUTHORIZED',
+    );
+    expect(error.cause).not.toBeInstanceOf(ZodError);
+  });
+
   it('a first request with bad input provisions no one', async () => {
     const claims = person();
     await expectTRPCError((await app.as(claims)).chat.sendMessage({ sessionId: 'not-a-uuid', content: '' }), 'BAD_REQUEST');
@@ -209,5 +232,68 @@ describe('a short-lived member cache', () => {
     expect(provisioned()).toBe(0);
     await (await short.as(people[0]!)).me();
     expect(provisioned()).toBe(1);
+  });
+});
+
+describe('createMemberCache, with provisionings the test settles by hand', () => {
+  /** A provisioning that resolves or fails when the test says, and the rows it resolves with. */
+  function pendingProvisioning(label: string) {
+    let settle!: { resolve: (member: Member) => void; reject: (error: Error) => void };
+    const promise = new Promise<Member>((resolve, reject) => (settle = { resolve, reject }));
+    const member = { user: { id: label, profileData: {} }, organization: { id: 'org' }, membership: { role: label } } as unknown as Member;
+    return { provision: () => promise, member, ...settle };
+  }
+  const claims = { userId: 'u', tenantId: 't', email: 'a@example.com', roles: ['Admin'] };
+
+  it('shares one provisioning among concurrent calls with the same claims', async () => {
+    const members = createMemberCache();
+    const first = pendingProvisioning('first');
+    let provisions = 0;
+    const provision = () => {
+      provisions += 1;
+      return first.provision();
+    };
+    const calls = [members.getOrProvision(claims, provision), members.getOrProvision({ ...claims }, provision)];
+    first.resolve(first.member);
+    const [a, b] = await Promise.all(calls);
+    expect(provisions).toBe(1);
+    expect(a).toBe(b);
+    expect(await members.getOrProvision({ ...claims }, provision)).toBe(a);
+    expect(provisions).toBe(1);
+  });
+
+  it('does not share a provisioning under way with a call whose claims differ (a demotion)', async () => {
+    const members = createMemberCache();
+    const admin = pendingProvisioning('admin');
+    const viewer = pendingProvisioning('viewer');
+    const asAdmin = members.getOrProvision(claims, admin.provision);
+    const asViewer = members.getOrProvision({ ...claims, roles: ['ReadOnly'] }, viewer.provision);
+    viewer.resolve(viewer.member);
+    admin.resolve(admin.member);
+    expect((await asAdmin).membership.role).toBe('admin');
+    expect((await asViewer).membership.role).toBe('viewer');
+  });
+
+  it('gives a failed provisioning’s error to every call waiting on it, and remembers nothing', async () => {
+    const members = createMemberCache();
+    const failing = pendingProvisioning('failing');
+    const calls = [members.getOrProvision(claims, failing.provision), members.getOrProvision(claims, failing.provision)];
+    failing.reject(new Error('database down'));
+    for (const result of await Promise.allSettled(calls)) {
+      expect(result).toMatchObject({ status: 'rejected', reason: { message: 'database down' } });
+    }
+    const retry = pendingProvisioning('retry');
+    retry.resolve(retry.member);
+    expect((await members.getOrProvision(claims, retry.provision)).membership.role).toBe('retry');
+    expect(members.size).toBe(1);
+  });
+
+  it('hands out frozen rows, also when it remembers nothing', async () => {
+    const members = createMemberCache({ maxEntries: 0, ttlMs: 0 });
+    const once = pendingProvisioning('once');
+    once.resolve(once.member);
+    const member = await members.getOrProvision(claims, once.provision);
+    expect(Object.isFrozen(member) && Object.isFrozen(member.user) && Object.isFrozen(member.membership)).toBe(true);
+    expect(members.size).toBe(0);
   });
 });

@@ -2,21 +2,41 @@ import { randomUUID } from 'node:crypto';
 import { sql } from 'drizzle-orm';
 import { expect, it } from 'vitest';
 import { createActiveSession, getOrCreateActiveSession, getSessionById, renameSessionById } from '../../db/chat.js';
+import type { Database } from '../../db/database.js';
 import { provisionIdentity } from '../../db/provisioning.js';
 import { openPrivateDatabase } from '../support/database.js';
 
-it('reads and writes sessions by column name, whatever the physical order of the table’s columns', async () => {
+/**
+ * What a migration does when it adds a column: it goes at the end of the table, wherever
+ * db/schema.ts declares it (a `pinnedAt` before `createdAt`, say). Moving a declared column to the
+ * end too makes the table's physical order differ from the declaration's.
+ */
+async function reorderColumns(db: Database, table: string, move: { column: string; definition: string }) {
+  await db.execute(sql.raw(`alter table ${table} add column pinned_at timestamptz`));
+  await db.execute(sql.raw(`alter table ${table} drop column ${move.column}`));
+  await db.execute(sql.raw(`alter table ${table} add column ${move.column} ${move.definition}`));
+}
+
+it('reads and writes by column name, whatever the physical order of a table’s columns', async () => {
   const database = await openPrivateDatabase('columns');
   try {
     const { db } = database;
-    // A migration adds a column at the end of the table, wherever db/schema.ts declares it (a
-    // `pinnedAt` before `createdAt`, say). Moving `title` to the end too, the physical order is
-    // id, user_id, organization_id, is_active, created_at, updated_at, pinned_at, title.
-    await db.execute(sql`alter table chat_sessions add column pinned_at timestamptz`);
-    await db.execute(sql`alter table chat_sessions drop column title`);
-    await db.execute(sql`alter table chat_sessions add column title text not null default 'New Chat'`);
+    await reorderColumns(db, 'chat_sessions', { column: 'title', definition: "text not null default 'New Chat'" });
+    await reorderColumns(db, 'organizations', { column: 'name', definition: "text not null default ''" });
+    await reorderColumns(db, 'users', { column: 'email', definition: 'text' });
+    await reorderColumns(db, 'organization_members', { column: 'is_active', definition: 'boolean not null default true' });
     const owner = { userId: randomUUID(), organizationId: randomUUID() };
-    await provisionIdentity(db, { userId: owner.userId, tenantId: owner.organizationId, roles: ['Admin'] });
+    const claims = { userId: owner.userId, tenantId: owner.organizationId, email: 'ada@example.com', name: 'Ada', roles: ['Admin'] };
+
+    const first = await provisionIdentity(db, claims);
+    expect(first.created).toEqual({ organization: true, user: true, membership: true });
+    expect(first.organization).toMatchObject({ id: owner.organizationId, name: 'Ada', slug: expect.any(String) });
+    expect(first.user).toMatchObject({ id: owner.userId, email: 'ada@example.com', name: 'Ada', emailVerified: false });
+    expect(first.membership).toMatchObject({ userId: owner.userId, organizationId: owner.organizationId, role: 'admin', isActive: true });
+    const again = await provisionIdentity(db, claims);
+    expect(again.created).toEqual({ organization: false, user: false, membership: false });
+    expect(again.organization).toEqual(first.organization);
+    expect(again.membership).toEqual(first.membership);
 
     const { session: created, created: wasCreated } = await getOrCreateActiveSession(db, owner);
     expect(wasCreated).toBe(true);

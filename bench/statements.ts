@@ -64,6 +64,12 @@ export async function openStatementCounter(databaseUrl: string | undefined): Pro
     await sql.end({ timeout: 1 });
     return unavailable(`pg_stat_statements is not usable on this PostgreSQL (${(error as Error).message}); to enable it, ${ENABLE}`);
   }
+  // Transactions are counted from their `begin`, a utility statement the extension skips without it.
+  const [tracking] = await sql<{ on: boolean }[]>`select current_setting('pg_stat_statements.track_utility')::boolean as on`;
+  if (!tracking?.on) {
+    await sql.end({ timeout: 1 });
+    return unavailable('pg_stat_statements.track_utility is off, so begin and commit are not counted: set it on (the default)');
+  }
 
   const read = async (): Promise<StatementCounts> => {
     const [row] = await sql<{ others: string; begins: string }[]>`

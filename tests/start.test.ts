@@ -1,14 +1,13 @@
-import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { type IncomingMessage, request as httpRequest } from 'node:http';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createApiClient } from '../client/index.js';
+import { interrupt, newcomerEnv as newcomer, run, waitForListening } from './support/processes.js';
 
 const projectRoot = join(import.meta.dirname, '..');
 let dataDir: string;
@@ -18,33 +17,13 @@ beforeAll(async () => {
 });
 afterAll(() => rm(dataDir, { recursive: true, force: true }));
 
-/** A newcomer's environment: no DATABASE_URL, no Frontegg settings, no NODE_ENV. */
-function newcomerEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  const env = { ...process.env };
-  for (const name of Object.keys(env)) {
-    if (name === 'DATABASE_URL' || name === 'NODE_ENV' || name.startsWith('FRONTEGG_') || name.startsWith('VITEST')) {
-      delete env[name];
-    }
-  }
-  return {
-    ...env,
-    PORT: '0',
+/** A newcomer's environment, with the embedded database and local identity key in this file's folder. */
+const newcomerEnv = (extra: Record<string, string> = {}) =>
+  newcomer({
     PGLITE_DATA_DIR: join(dataDir, 'pglite'),
     LOCAL_IDENTITY_KEY_FILE: join(dataDir, 'local-identity', 'signing-key.json'),
     ...extra,
-  };
-}
-
-/** Resolves with the URL from the server's "Listening" log line. */
-async function waitForListening(child: ChildProcess): Promise<string> {
-  for await (const line of createInterface({ input: child.stdout! })) {
-    const entry = line.startsWith('{') ? (JSON.parse(line) as { msg?: string; url?: string }) : {};
-    if (entry.msg === 'Listening' && entry.url) return entry.url;
-  }
-  throw new Error('the server exited before listening');
-}
-
-const run = promisify(execFile);
+  });
 
 describe('the README start path', () => {
   it('`npm start` serves /healthz, a token from `npm run token` gets a `me` answer, and `npm run demo` runs', async () => {
@@ -71,8 +50,7 @@ describe('the README start path', () => {
       expect(demo.stdout).toContain('✓ Ada still has exactly her 5 messages');
       expect(demo.stdout.trimEnd()).toMatch(/Done\.$/);
     } finally {
-      process.kill(-child.pid!, 'SIGINT');
-      await once(child, 'exit');
+      await interrupt(child);
     }
   });
 

@@ -1,4 +1,3 @@
-import { mkdirSync } from 'node:fs';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { PGlite } from '@electric-sql/pglite';
@@ -9,6 +8,7 @@ import { migrate as migratePglite } from 'drizzle-orm/pglite/migrator';
 import { drizzle as drizzlePostgres } from 'drizzle-orm/postgres-js';
 import { migrate as migratePostgres } from 'drizzle-orm/postgres-js/migrator';
 import postgres from 'postgres';
+import { claimPgliteDataDir } from './pglite-data-dir.js';
 import * as schema from './schema.js';
 
 /**
@@ -116,16 +116,19 @@ function openPostgres(
 }
 
 function openPglite(dataDir: string | undefined, { onStatement }: DatabaseObserver): DatabaseHandle {
-  if (dataDir) mkdirSync(dataDir, { recursive: true });
+  const release = dataDir ? claimPgliteDataDir(dataDir) : () => {};
   const client = new PGlite(dataDir);
   const db = drizzlePglite(client, { schema, logger: statementLogger(onStatement) });
   return {
     db,
     kind: 'pglite',
-    // PGlite lives inside this process and locks its data directory, so no other instance can race.
+    // PGlite lives inside this process, which holds its data folder, so no other instance can race.
     migrate: () => migratePglite(db, { migrationsFolder }),
     ping: () => ping(db),
-    close: () => client.close(),
+    async close() {
+      await client.close();
+      release();
+    },
   };
 }
 

@@ -68,18 +68,56 @@ export function parseBearerToken(header: string | undefined): string | null {
   return token;
 }
 
+// Control characters (NUL included: PostgreSQL's text refuses it) and lone UTF-16 surrogates
+// (stored as U+FFFD, so `corp\ud800` and `corp\udbff` would become one tenant).
+const unstorable = /[\p{Cc}\p{Surrogate}]/u;
+
+/** An identifier that decides who someone is or what they may do: refused unless stored exactly as sent. */
+const identifier = (max: number) =>
+  z
+    .string()
+    .min(1)
+    .max(max)
+    .refine((value) => !unstorable.test(value));
+
+/**
+ * A claim only shown to people (a name, an email, a picture): a person cannot always fix their own,
+ * so it is cleaned rather than refused. Control characters go (tabs and line breaks become a
+ * space, and runs of spaces one), lone surrogates become U+FFFD, and what is left blank is `null`.
+ */
+const displayText = (max: number) =>
+  z
+    .string()
+    .max(max)
+    .transform((value) => {
+      const cleaned = value
+        .replace(/[\t\n\r]+/g, ' ')
+        .replace(/\p{Cc}/gu, '')
+        .replace(/ {2,}/g, ' ')
+        .replace(/\p{Surrogate}/gu, '\uFFFD')
+        .trim();
+      return cleaned === '' ? null : cleaned;
+    });
+
+/** A picture URL is kept only when it is an http(s) URL: a `javascript:` one would run where it is shown. */
+const pictureUrl = displayText(2048).transform((value) => {
+  if (value === null || !URL.canParse(value)) return null;
+  return ['http:', 'https:'].includes(new URL(value).protocol) ? value : null;
+});
+
 // Frontegg's token template can remove any of the optional claims, and `null` is a value it sends.
 const claimsSchema = z.object({
   // Within what a Date can hold (the year 9999), so `expiresAt` is always a real date.
   exp: z.number().int().max(253_402_300_799),
-  sub: z.string().min(1).max(256),
-  tenantId: z.string().min(1).max(256),
+  sub: identifier(256),
+  tenantId: identifier(256),
   type: z.string(),
-  email: z.string().max(320).nullish(),
-  name: z.string().max(512).nullish(),
-  profilePictureUrl: z.string().max(2048).nullish(),
+  email: displayText(320).nullish(),
+  name: displayText(512).nullish(),
+  profilePictureUrl: pictureUrl.nullish(),
   email_verified: z.boolean().nullish(),
-  roles: z.array(z.string().max(256)).max(256).nullish(),
+  roles: z.array(identifier(256)).max(256).nullish(),
+  permissions: z.array(identifier(256)).max(1024).nullish(),
 });
 
 /**

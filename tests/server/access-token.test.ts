@@ -320,3 +320,52 @@ describe('refused tokens answer UNAUTHORIZED and write nothing', () => {
   });
 });
 
+
+describe('claims that PostgreSQL could not store as sent', () => {
+  const kid = () => app.idp.key.kid;
+  /** A token whose payload is this JSON text, so it can carry escapes such as a lone surrogate. */
+  const rawToken = (json: string) => `Bearer ${signWithPublishedKey({ alg: 'RS256', kid: kid() }, json)}`;
+  /** `base` as JSON text with `claim` set to `jsonValue` (the last of a repeated key wins). */
+  const withClaim = (base: object, claim: string, jsonValue: string) =>
+    JSON.stringify(base).replace(/}$/, `,${JSON.stringify(claim)}:${jsonValue}}`);
+
+  it.each([
+    ['sub', 'NUL', '"alice\\u0000"'],
+    ['sub', 'a lone surrogate', '"alice\\udc00"'],
+    ['tenantId', 'a lone surrogate', '"corp\\ud800"'],
+    ['tenantId', 'a control character', '"corp\\u001b"'],
+    ['roles', 'NUL', '["Admin\\u0000"]'],
+    ['roles', 'a lone surrogate', '["Admin\\ud800"]'],
+    ['permissions', 'a control character', '["fe.secure.*\\u0007"]'],
+  ])('refuses %s with %s as 401 invalid, before any database work', async (claim, _, value) => {
+    const base = validPayload();
+    const error = await expectUnauthorized(rawToken(withClaim(base, claim, value)), base.tenantId);
+    expect(error.cause).toMatchObject({ reason: 'invalid' });
+  });
+
+  it('keeps tenants and users whose ids differ only in a lone surrogate apart: both are refused', async () => {
+    for (const tenantId of ['"corp\\ud800"', '"corp\\udbff"']) {
+      await expectUnauthorized(rawToken(withClaim(validPayload(), 'tenantId', tenantId)));
+    }
+    for (const sub of ['"alice\\udc00"', '"alice\\udc01"']) {
+      await expectUnauthorized(rawToken(withClaim(validPayload(), 'sub', sub)));
+    }
+    expect(await app.db.select().from(organizations).where(eq(organizations.id, 'corp\uFFFD'))).toEqual([]);
+    expect(await app.db.select().from(users).where(eq(users.id, 'alice\uFFFD'))).toEqual([]);
+  });
+
+  it('stores display claims cleaned instead of answering 500: control characters out, broken text mended', async () => {
+    const payload = validPayload({ name: 'Ada\u0000 \nLovelace\ud800', email: 'ada\u0007@example.com', profilePictureUrl: 'https://cdn.example.com/a.png' });
+    const answer = await me(`Bearer ${signWithPublishedKey({ alg: 'RS256', kid: kid() }, payload)}`);
+    expect(answer.user).toMatchObject({ name: 'Ada Lovelace\uFFFD', email: 'ada@example.com', avatarUrl: 'https://cdn.example.com/a.png' });
+  });
+
+  it.each(['javascript:alert(1)', 'data:text/html,<script>alert(1)</script>', 'not a url', '  '])(
+    'stores no avatar for the picture URL %j',
+    async (profilePictureUrl) => {
+      const payload = validPayload({ profilePictureUrl });
+      const answer = await me(`Bearer ${signWithPublishedKey({ alg: 'RS256', kid: kid() }, payload)}`);
+      expect(answer.user.avatarUrl).toBeNull();
+    },
+  );
+});

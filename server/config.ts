@@ -34,12 +34,17 @@ const envSchema = z.object({
   FRONTEGG_BASE_URL: optionalString.pipe(httpUrl.optional()),
   FRONTEGG_ISSUER: optionalString,
   FRONTEGG_JWKS_URL: optionalString.pipe(httpUrl.optional()),
-  FRONTEGG_AUDIENCE: optionalString.transform((value) =>
-    value
-      ?.split(',')
-      .map((entry) => entry.trim())
-      .filter(Boolean),
-  ),
+  FRONTEGG_AUDIENCE: optionalString
+    .transform((value) =>
+      value
+        ?.split(',')
+        .map((entry) => entry.trim())
+        .filter(Boolean),
+    )
+    // A list with no entries would quietly turn the audience check off.
+    .refine((audiences) => audiences === undefined || audiences.length > 0, {
+      error: 'must name at least one audience (comma-separated), or be unset',
+    }),
   FRONTEGG_JWKS_MAX_AGE_SECONDS: wholeNumber(600, 1, 86_400),
   FRONTEGG_JWKS_COOLDOWN_SECONDS: wholeNumber(30, 1, 3_600),
   DATABASE_POOL_SIZE: wholeNumber(10, 1, 1_000),
@@ -141,6 +146,16 @@ function identityConfig(vars: z.infer<typeof envSchema>): IdentityConfig {
     vars.FRONTEGG_JWKS_URL ??
     (vars.FRONTEGG_BASE_URL ? `${vars.FRONTEGG_BASE_URL}/.well-known/jwks.json` : undefined);
   if (issuer && jwksUrl) {
+    if (vars.NODE_ENV === 'production') {
+      // Keys fetched in plain text can be swapped by anyone on the path, and with them any token.
+      const plain = [
+        { variable: vars.FRONTEGG_JWKS_URL ? 'FRONTEGG_JWKS_URL' : 'FRONTEGG_BASE_URL', url: jwksUrl },
+        { variable: vars.FRONTEGG_ISSUER ? 'FRONTEGG_ISSUER' : 'FRONTEGG_BASE_URL', url: issuer },
+      ].find(({ url }) => !url.startsWith('https://'));
+      if (plain) {
+        throw new ConfigError(`Invalid configuration: ${plain.variable} must be an https:// URL when NODE_ENV=production`);
+      }
+    }
     return {
       mode: 'frontegg',
       issuer,

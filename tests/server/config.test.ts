@@ -51,6 +51,10 @@ describe('loadConfig', () => {
     expect(config.identity).toMatchObject({ issuer: 'https://auth.example.com', jwksUrl: 'https://keys.example.com/jwks.json' });
   });
 
+  it('accepts http:// Frontegg URLs outside production (a local stand-in)', () => {
+    expect(loadConfig({ FRONTEGG_BASE_URL: 'http://127.0.0.1:8080' }).identity).toMatchObject({ mode: 'frontegg' });
+  });
+
   it('reads the timeouts, pool size and key-set lifetimes', () => {
     const config = loadConfig({
       FRONTEGG_BASE_URL: 'https://app-abc.frontegg.com',
@@ -90,6 +94,22 @@ describe('loadConfig', () => {
     [{ FRONTEGG_AUDIENCE: 'client-a' }, /FRONTEGG_BASE_URL is required \(or both/],
     [{ NODE_ENV: 'production' }, /FRONTEGG_BASE_URL is required when NODE_ENV=production/],
     [{ LOG_LEVEL: 'loud' }, /^Invalid configuration: LOG_LEVEL /],
+    [
+      { FRONTEGG_BASE_URL: 'https://app-abc.frontegg.com', FRONTEGG_AUDIENCE: ' , ,' },
+      'Invalid configuration: FRONTEGG_AUDIENCE must name at least one audience (comma-separated), or be unset',
+    ],
+    [
+      { NODE_ENV: 'production', FRONTEGG_BASE_URL: 'http://app-abc.frontegg.com' },
+      'Invalid configuration: FRONTEGG_BASE_URL must be an https:// URL when NODE_ENV=production',
+    ],
+    [
+      { NODE_ENV: 'production', FRONTEGG_BASE_URL: 'https://app-abc.frontegg.com', FRONTEGG_JWKS_URL: 'http://keys.example.com/jwks.json' },
+      'Invalid configuration: FRONTEGG_JWKS_URL must be an https:// URL when NODE_ENV=production',
+    ],
+    [
+      { NODE_ENV: 'production', FRONTEGG_BASE_URL: 'https://app-abc.frontegg.com', FRONTEGG_ISSUER: 'http://auth.example.com' },
+      'Invalid configuration: FRONTEGG_ISSUER must be an https:// URL when NODE_ENV=production',
+    ],
   ])('refuses %j with one line naming the variable', (env, message) => {
     expect(() => loadConfig(env)).toThrow(message);
   });

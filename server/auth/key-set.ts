@@ -1,9 +1,29 @@
-import { type JSONWebKeySet, type JWTVerifyGetKey, createLocalJWKSet, errors as joseErrors } from 'jose';
+import {
+  type FlattenedJWSInput,
+  type JSONWebKeySet,
+  type JWTVerifyGetKey,
+  base64url,
+  createLocalJWKSet,
+  errors as joseErrors,
+} from 'jose';
 import type { Logger } from '../logger.js';
 
 /** The key set could not be fetched, so a token's key cannot be known: our fault, not the caller's. */
 export class KeySetUnavailableError extends Error {
   override name = 'KeySetUnavailableError';
+}
+
+// How far the issuer's clock and ours may disagree, as the verifier allows for `exp` and `nbf`.
+const ISSUER_CLOCK_SKEW_SECONDS = 5;
+
+/** The token's `iat`, read before its signature is checked: only to choose between 503 and 401. */
+function issuedAt(token: FlattenedJWSInput): number {
+  try {
+    const { iat } = JSON.parse(new TextDecoder().decode(base64url.decode(token.payload ?? ''))) as { iat?: unknown };
+    return typeof iat === 'number' ? iat : Number.POSITIVE_INFINITY;
+  } catch {
+    return Number.POSITIVE_INFINITY;
+  }
 }
 
 export interface RemoteKeySetOptions {
@@ -57,14 +77,19 @@ export function createRemoteKeySet({
     }
   }
 
-  /** Resolves after the fetch in flight, or a new one when the cooldown allows; else at once. */
-  function refresh(): Promise<void> {
+  /**
+   * Resolves after the fetch in flight, or a new one when the cooldown allows, with `true`; at once
+   * with `false` when the cooldown forbids a fetch.
+   */
+  async function refresh(): Promise<boolean> {
     if (!pending && Date.now() - lastAttemptAt >= cooldownMs) {
       pending = fetchKeys().finally(() => {
         pending = undefined;
       });
     }
-    return pending ?? Promise.resolve();
+    if (!pending) return false;
+    await pending;
+    return true;
   }
 
   function unavailable(): never {
@@ -90,8 +115,14 @@ export function createRemoteKeySet({
     }
     // A `kid` we do not hold: perhaps a key published since the last fetch.
     const before = keys;
-    await refresh();
+    const fetched = await refresh();
     if (keys === before && lastAttemptFailed) unavailable();
+    // Within the cooldown, a token issued after the keys were fetched may be signed with a key
+    // published since: "retry" (503), not "signed out" (401), which would sign people out for a
+    // rotation, and let anyone arm that with one made-up kid per cooldown. One issued well before
+    // the fetch (more than the clocks may disagree by) names a key the issuer did not publish
+    // then: refused below as unknown (401).
+    if (!fetched && !(issuedAt(token) < keys.fetchedAt / 1000 - ISSUER_CLOCK_SKEW_SECONDS)) unavailable();
     return keys.getKey(header, token);
   };
 }

@@ -166,7 +166,9 @@ describe('refused tokens answer UNAUTHORIZED and write nothing', () => {
   it('an unknown kid', async () => {
     const tenantId = randomUUID();
     const attacker = await createSigningKey();
-    const token = await app.idp.mintToken({ claims: { tenantId }, signWith: attacker, kid: attacker.kid });
+    // Issued before the key set was fetched: not a key published since (that would be a 503, retry).
+    const iat = Math.floor(Date.now() / 1000) - 60;
+    const token = await app.idp.mintToken({ claims: { tenantId, iat }, signWith: attacker, kid: attacker.kid });
     const error = await expectUnauthorized(`Bearer ${token}`, tenantId);
     expect(error.message).toMatch(/unknown key/);
   });
@@ -190,7 +192,7 @@ describe('refused tokens answer UNAUTHORIZED and write nothing', () => {
     const tenantId = randomUUID();
     const attacker = await createSigningKey();
     const token = await app.idp.mintToken({
-      claims: { tenantId },
+      claims: { tenantId, iat: Math.floor(Date.now() / 1000) - 60 },
       signWith: attacker,
       kid: attacker.kid,
       header: { jwk: attacker.publicJwk },

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { TRPCError } from '@trpc/server';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createAccessTokenVerifier } from '../../server/auth/access-token.js';
 import { createRemoteKeySet } from '../../server/auth/key-set.js';
@@ -70,7 +71,8 @@ describe('key rotation', () => {
 
   it('refuses a key withdrawn from the key set once the keys are refetched', async () => {
     const deps = await serverTrustingNewProvider();
-    const token = await idp.mintToken();
+    // Issued a minute before the refetch, so the refetched set is known to lack its key.
+    const token = await idp.mintToken({ claims: { iat: Math.floor(Date.now() / 1000) - 60 } });
     await me(deps, token);
 
     idp.publish([await createSigningKey()]);
@@ -97,9 +99,45 @@ describe('an unknown-kid flood', () => {
     const tokens = await Promise.all(
       Array.from({ length: 300 }, () => idp.mintToken({ signWith: attacker, kid: randomUUID() })),
     );
-    const errors = await Promise.all(tokens.map((token) => expectTRPCError(me(deps, token), 'UNAUTHORIZED')));
-    expect(new Set(errors.map((error) => error.message))).toEqual(new Set(['Access token is signed by an unknown key']));
+    // Not known to be bad until a fetch has looked: retry (503), not signed out (401).
+    const errors = await Promise.all(tokens.map((token) => expectTRPCError(me(deps, token), 'SERVICE_UNAVAILABLE')));
+    expect(new Set(errors.map((error) => error.message))).toEqual(new Set(['Signing keys are unavailable; try again shortly']));
     expect(idp.keySetFetches).toBe(1);
+  });
+
+  it('answers a key published within the cooldown with 503, then, once a fetch is allowed, makes it and serves the token', async () => {
+    const cooldownMs = 1_000;
+    const deps = await serverTrustingNewProvider({ cooldownMs });
+    await me(deps, await idp.mintToken());
+    const rotated = await createSigningKey();
+    idp.publish([idp.key, rotated]);
+    const fresh = await idp.mintToken({ signWith: rotated, kid: rotated.kid });
+
+    const early = await expectTRPCError(me(deps, fresh), 'SERVICE_UNAVAILABLE');
+    expect(early.cause).toMatchObject({ reason: 'key_set_unavailable' });
+    expect(idp.keySetFetches).toBe(1);
+    await sleep(cooldownMs + 50);
+    expect((await me(deps, fresh)).role).toBe('admin');
+    expect(idp.keySetFetches).toBe(2);
+  });
+
+  it('answers 401 within the cooldown to a token issued well before the last fetch: its key was not published then', async () => {
+    const deps = await serverTrustingNewProvider({ cooldownMs: 60_000 });
+    await me(deps, await idp.mintToken());
+    const attacker = await createSigningKey();
+    const old = await idp.mintToken({ signWith: attacker, kid: randomUUID(), claims: { iat: Math.floor(Date.now() / 1000) - 60 } });
+    await expectTRPCError(me(deps, old), 'UNAUTHORIZED');
+    expect(idp.keySetFetches).toBe(1);
+  });
+
+  it('still answers 401 to a kid that a fetch allowed by the cooldown did not find', async () => {
+    const deps = await serverTrustingNewProvider();
+    await me(deps, await idp.mintToken());
+    await sleep(COOLDOWN_MS + 50);
+    const attacker = await createSigningKey();
+    const error = await expectTRPCError(me(deps, await idp.mintToken({ signWith: attacker, kid: randomUUID() })), 'UNAUTHORIZED');
+    expect(error.message).toBe('Access token is signed by an unknown key');
+    expect(idp.keySetFetches).toBe(2);
   });
 
   it('fetches at most once per cooldown period while the flood goes on', async () => {
@@ -112,7 +150,11 @@ describe('an unknown-kid flood', () => {
       const batch = await Promise.all(
         Array.from({ length: 20 }, () => idp.mintToken({ signWith: attacker, kid: randomUUID() })),
       );
-      await Promise.all(batch.map((token) => expectTRPCError(me(deps, token), 'UNAUTHORIZED')));
+      // 401 where a fetch allowed by the cooldown looked for the kid, 503 (retry) within the cooldown.
+      const codes = await Promise.all(
+        batch.map((token) => me(deps, token).then(() => 'accepted', (error: TRPCError) => error.code)),
+      );
+      expect(codes.every((code) => code === 'UNAUTHORIZED' || code === 'SERVICE_UNAVAILABLE')).toBe(true);
       refused += batch.length;
     }
     const periods = Math.ceil((performance.now() - started) / COOLDOWN_MS);

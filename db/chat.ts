@@ -257,9 +257,14 @@ export function addMessageToSession(
   });
 }
 
+/** At most this much message text (UTF-8 bytes) in one page, whatever `limit` allows. */
+export const MESSAGE_PAGE_MAX_BYTES = 1024 * 1024;
+
 /**
- * The newest `limit` messages of an owner's session older than `beforeSeq`, oldest first.
- * An empty page does not tell whether the session exists: ask `getSessionById`.
+ * The newest `limit` messages of an owner's session older than `beforeSeq`, oldest first, stopping
+ * early where their text would pass `maxBytes` (a page has at least one message). `hasMore` tells
+ * whether older messages remain. The budget is applied in the SQL, so text beyond it never leaves
+ * the database. An empty page does not tell whether the session exists: ask `getSessionById`.
  */
 export async function getMessagesBySessionId(
   db: Database,
@@ -267,23 +272,52 @@ export async function getMessagesBySessionId(
     sessionId,
     limit,
     beforeSeq,
+    maxBytes = MESSAGE_PAGE_MAX_BYTES,
     ...owner
-  }: SessionOwner & { sessionId: string; limit: number; beforeSeq?: number | undefined },
+  }: SessionOwner & { sessionId: string; limit: number; beforeSeq?: number | undefined; maxBytes?: number },
 ) {
+  const newest = db.$with('newest').as(
+    db
+      .select({
+        id: chatMessages.id,
+        seq: chatMessages.seq,
+        bytes: sql<number>`octet_length(${chatMessages.content})`.as('bytes'),
+      })
+      .from(chatMessages)
+      .innerJoin(chatSessions, eq(chatSessions.id, chatMessages.sessionId))
+      .where(
+        and(
+          eq(chatMessages.sessionId, sessionId),
+          ownedSession(owner, sessionId),
+          beforeSeq === undefined ? undefined : sql`${chatMessages.seq} < ${beforeSeq}`,
+        ),
+      )
+      .orderBy(desc(chatMessages.seq))
+      .limit(limit + 1),
+  );
+  // For each of them, newest first: its place, the bytes up to and including it, and how many
+  // there are in all.
+  const measured = db.$with('measured').as(
+    db
+      .select({
+        id: newest.id,
+        place: sql<number>`row_number() over (order by ${newest.seq} desc)`.as('place'),
+        bytesSoFar: sql<number>`sum(${newest.bytes}) over (order by ${newest.seq} desc)`.as('bytes_so_far'),
+        found: sql<number>`count(*) over ()`.mapWith(Number).as('found'),
+      })
+      .from(newest),
+  );
   const rows = await db
-    .select(messageColumns)
-    .from(chatMessages)
-    .innerJoin(chatSessions, eq(chatSessions.id, chatMessages.sessionId))
-    .where(
-      and(
-        eq(chatMessages.sessionId, sessionId),
-        ownedSession(owner, sessionId),
-        beforeSeq === undefined ? undefined : sql`${chatMessages.seq} < ${beforeSeq}`,
-      ),
-    )
+    .with(newest, measured)
+    .select({ ...messageColumns, found: measured.found })
+    .from(measured)
+    .innerJoin(chatMessages, eq(chatMessages.id, measured.id))
+    .where(sql`${measured.place} = 1 or ${measured.bytesSoFar} <= ${maxBytes}`)
     .orderBy(desc(chatMessages.seq))
-    .limit(limit + 1);
-  return { messages: rows.slice(0, limit).reverse(), hasMore: rows.length > limit };
+    .limit(limit);
+  const found = rows[0]?.found ?? 0;
+  const messages = rows.map(({ found: _found, ...message }) => message).reverse();
+  return { messages, hasMore: found > messages.length };
 }
 
 const TITLE_MAX_CHARACTERS = 50;

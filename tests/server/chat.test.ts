@@ -479,6 +479,21 @@ describe('chat.listMessages', () => {
     return { caller, sessionId: session.id, contents };
   }
 
+  it('stops a page at 1 MiB of message text, and pages on from there to every message', async () => {
+    const { caller, sessionId } = await sessionWithMessages(0);
+    // 12 messages of 32,000 emoji: 128,000 bytes of UTF-8 each, within the content limit.
+    const big = (i: number) => `${String(i).padStart(2, '0')}${'😀'.repeat(31_999)}`;
+    await app.db.insert(chatMessages).values(Array.from({ length: 12 }, (_, i) => ({ sessionId, role: 'user' as const, content: big(i) })));
+
+    const first = await caller.chat.listMessages({ sessionId, limit: 100 });
+    // Eight fit in 1,048,576 bytes (8 × 128,000 + 8 × 2); a ninth would not.
+    expect(first.items.map((m) => m.content.slice(0, 2))).toEqual(['04', '05', '06', '07', '08', '09', '10', '11']);
+    expect(first.nextCursor).toBeTypeOf('string');
+    const pages = await allPages((cursor) => caller.chat.listMessages({ sessionId, limit: 100, cursor }));
+    expect(pages.map((page) => page.length)).toEqual([8, 4]);
+    expect(pages.reverse().flat().map((m) => m.content)).toEqual(Array.from({ length: 12 }, (_, i) => big(i)));
+  });
+
   it('returns the newest messages oldest first, and pages back to the start', async () => {
     const { caller, sessionId, contents } = await sessionWithMessages(7);
     const latest = await caller.chat.listMessages({ sessionId, limit: 3 });

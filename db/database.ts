@@ -40,6 +40,11 @@ export type DatabaseTarget =
       connectTimeoutSeconds?: number;
       /** PostgreSQL cancels a statement running longer than this (`statement_timeout`). */
       statementTimeoutMs?: number;
+      /**
+       * PostgreSQL cancels a statement that waits longer than this for a row or table lock
+       * (`lock_timeout`), so callers queueing on one person's rows cannot hold the pool.
+       */
+      lockTimeoutMs?: number;
     }
   /** `dataDir` undefined keeps the database in memory (tests). */
   | { kind: 'pglite'; dataDir?: string };
@@ -63,7 +68,13 @@ export function openDatabase(target: DatabaseTarget, observer: DatabaseObserver 
 }
 
 function openPostgres(
-  { url, poolSize = 10, connectTimeoutSeconds = 5, statementTimeoutMs = 5_000 }: Extract<DatabaseTarget, { kind: 'postgres' }>,
+  {
+    url,
+    poolSize = 10,
+    connectTimeoutSeconds = 5,
+    statementTimeoutMs = 5_000,
+    lockTimeoutMs = 2_000,
+  }: Extract<DatabaseTarget, { kind: 'postgres' }>,
   { onStatement }: DatabaseObserver,
 ): DatabaseHandle {
   // A live server answers every statement within statement_timeout (a result or an error), so
@@ -88,6 +99,7 @@ function openPostgres(
     connection: {
       application_name: 'frontegg-trpc-chat',
       statement_timeout: statementTimeoutMs,
+      lock_timeout: lockTimeoutMs,
       // A transaction whose client went away must not hold its locks for long.
       idle_in_transaction_session_timeout: statementTimeoutMs * 2,
     },

@@ -39,11 +39,11 @@ const connectionErrorCodes = new Set([
 /**
  * SQLSTATEs meaning "not now" rather than "wrong": connection exceptions (class 08), insufficient
  * resources such as too many connections (class 53), a server shutting down or starting
- * (57P01-57P03), a statement cancelled by `statement_timeout` (57014), and the transaction
- * conflicts a retry resolves (40001, 40P01).
+ * (57P01-57P03), a statement cancelled by `statement_timeout` (57014) or by `lock_timeout`
+ * (55P03), and the transaction conflicts a retry resolves (40001, 40P01).
  */
 function isTransientSqlState(code: string): boolean {
-  return /^(08|53)/.test(code) || ['57P01', '57P02', '57P03', '57014', '40001', '40P01'].includes(code);
+  return /^(08|53)/.test(code) || ['57P01', '57P02', '57P03', '57014', '55P03', '40001', '40P01'].includes(code);
 }
 
 /** Whether `error` means the database cannot serve now (unreachable, overloaded, timed out). */

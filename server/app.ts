@@ -8,6 +8,7 @@ import type { Config } from './config.js';
 import { createSharedCursorCodec } from './cursor.js';
 import { type HttpServerDeps, createHttpServer } from './http.js';
 import type { Logger } from './logger.js';
+import { createInFlightLimit } from './in-flight-limit.js';
 import { createMemberCache } from './member-cache.js';
 
 export interface RunningServer {
@@ -37,6 +38,9 @@ export async function openServerDeps(config: Config, log: Logger, observers: Ser
     pingDatabase: database.ping,
     procedureTimeoutMs: config.procedureTimeoutMs,
     members: createMemberCache(config.memberCache),
+    heavyCalls: createInFlightLimit(config.heavyCallsPerPerson),
+    idleTimeoutMs: config.idleTimeoutMs,
+    maxConnections: config.maxConnections,
   };
   return { deps, database };
 }

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import type { DatabaseTarget } from '../db/database.js';
 import { DEFAULT_TOKEN_CACHE_ENTRIES } from './auth/access-token.js';
+import { DEFAULT_HEAVY_CALLS_PER_PERSON } from './in-flight-limit.js';
 import { DEFAULT_MEMBER_CACHE, type MemberCacheOptions } from './member-cache.js';
 
 const optionalString = z
@@ -20,6 +21,9 @@ function wholeNumber(fallback: number, min: number, max: number) {
     .default(String(fallback))
     .pipe(z.coerce.number<string>({ error: message }).int({ error: message }).min(min, { error: message }).max(max, { error: message }));
 }
+
+export const DEFAULT_IDLE_TIMEOUT_MS = 30_000;
+export const DEFAULT_MAX_CONNECTIONS = 10_000;
 
 const envSchema = z.object({
   NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
@@ -50,10 +54,12 @@ const envSchema = z.object({
   DATABASE_POOL_SIZE: wholeNumber(10, 1, 1_000),
   DATABASE_CONNECT_TIMEOUT_SECONDS: wholeNumber(5, 1, 300),
   DATABASE_STATEMENT_TIMEOUT_MS: wholeNumber(5_000, 100, 600_000),
+  DATABASE_LOCK_TIMEOUT_MS: wholeNumber(2_000, 10, 600_000),
   PROCEDURE_TIMEOUT_MS: wholeNumber(15_000, 100, 600_000),
   TOKEN_CACHE_MAX_ENTRIES: wholeNumber(DEFAULT_TOKEN_CACHE_ENTRIES, 0, 1_000_000),
   MEMBER_CACHE_MAX_ENTRIES: wholeNumber(DEFAULT_MEMBER_CACHE.maxEntries, 0, 1_000_000),
   MEMBER_CACHE_TTL_SECONDS: wholeNumber(DEFAULT_MEMBER_CACHE.ttlMs / 1000, 0, 3_600),
+  HEAVY_CALLS_PER_PERSON: wholeNumber(DEFAULT_HEAVY_CALLS_PER_PERSON, 1, 1_000),
   PORT: optionalString.default('3000').pipe(
     z.coerce
       .number<string>({ error: 'must be a port number (0-65535)' })
@@ -62,6 +68,8 @@ const envSchema = z.object({
       .max(65_535, { error: 'must be a port number (0-65535)' }),
   ),
   HOST: optionalString.default('127.0.0.1'),
+  HTTP_IDLE_TIMEOUT_SECONDS: wholeNumber(DEFAULT_IDLE_TIMEOUT_MS / 1000, 1, 3_600),
+  HTTP_MAX_CONNECTIONS: wholeNumber(DEFAULT_MAX_CONNECTIONS, 1, 1_000_000),
 });
 
 export type IdentityConfig =
@@ -85,8 +93,14 @@ export interface Config {
   tokenCacheEntries: number;
   /** Who counts as provisioned recently (a size or lifetime of 0: nobody). */
   memberCache: MemberCacheOptions;
+  /** Heavy calls (pages of messages, writes) one person may have in progress per instance. */
+  heavyCallsPerPerson: number;
   port: number;
   host: string;
+  /** A connection with no byte moving either way for this long is closed. */
+  idleTimeoutMs: number;
+  /** Connections open at once. */
+  maxConnections: number;
 }
 
 /** Raised for a bad environment; its message is one line naming the variable. */
@@ -112,14 +126,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
           poolSize: vars.DATABASE_POOL_SIZE,
           connectTimeoutSeconds: vars.DATABASE_CONNECT_TIMEOUT_SECONDS,
           statementTimeoutMs: vars.DATABASE_STATEMENT_TIMEOUT_MS,
+          lockTimeoutMs: vars.DATABASE_LOCK_TIMEOUT_MS,
         }
       : { kind: 'pglite', dataDir: vars.PGLITE_DATA_DIR },
     identity: identityConfig(vars),
     procedureTimeoutMs: vars.PROCEDURE_TIMEOUT_MS,
     tokenCacheEntries: vars.TOKEN_CACHE_MAX_ENTRIES,
     memberCache: { maxEntries: vars.MEMBER_CACHE_MAX_ENTRIES, ttlMs: vars.MEMBER_CACHE_TTL_SECONDS * 1000 },
+    heavyCallsPerPerson: vars.HEAVY_CALLS_PER_PERSON,
     port: vars.PORT,
     host: vars.HOST,
+    idleTimeoutMs: vars.HTTP_IDLE_TIMEOUT_SECONDS * 1000,
+    maxConnections: vars.HTTP_MAX_CONNECTIONS,
   };
 }
 

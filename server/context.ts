@@ -4,6 +4,7 @@ import type { IdentityClaims } from '../db/provisioning.js';
 import { AccessTokenError, type AccessTokenVerifier, parseBearerToken } from './auth/access-token.js';
 import type { CursorCodec } from './cursor.js';
 import type { Logger } from './logger.js';
+import type { InFlightLimit } from './in-flight-limit.js';
 import type { MemberCache } from './member-cache.js';
 
 /** What the server is built from; tests build the same with a real database and key set. */
@@ -17,6 +18,8 @@ export interface ServerDeps {
   procedureTimeoutMs?: number;
   /** Who was provisioned recently, so that warm requests skip provisioning. */
   members: MemberCache;
+  /** Each person's heavy calls in progress (procedures with `meta({ heavy: true })`). */
+  heavyCalls: InFlightLimit;
 }
 
 const DEFAULT_PROCEDURE_TIMEOUT_MS = 15_000;
@@ -52,7 +55,7 @@ export async function authenticate(
  * Data and services only; `protectedProcedure` adds the caller's rows.
  */
 export function createInnerContext(
-  deps: Pick<ServerDeps, 'db' | 'log' | 'cursors' | 'procedureTimeoutMs' | 'members'>,
+  deps: Pick<ServerDeps, 'db' | 'log' | 'cursors' | 'procedureTimeoutMs' | 'members' | 'heavyCalls'>,
   auth: Auth,
 ) {
   return {
@@ -60,6 +63,7 @@ export function createInnerContext(
     log: deps.log,
     cursors: deps.cursors,
     members: deps.members,
+    heavyCalls: deps.heavyCalls,
     procedureTimeoutMs: deps.procedureTimeoutMs ?? DEFAULT_PROCEDURE_TIMEOUT_MS,
     auth,
   };

@@ -5,16 +5,27 @@ import { createHTTPHandler } from '@trpc/server/adapters/standalone';
 import { MAX_BATCH_SIZE, MAX_BODY_BYTES } from '../client/limits.js';
 import { type ServerDeps, createRequestContext } from './context.js';
 import { withDeadline } from './deadline.js';
+import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS } from './config.js';
 import { appRouter } from './root.js';
 
 export interface HttpServerDeps extends ServerDeps {
   /** Resolves when the database answers; `/readyz` reports it. */
   pingDatabase: () => Promise<void>;
+  /**
+   * A connection with no byte moving either way for this long is closed (default 30 s): a client
+   * that stops reading its answer frees the memory the answer holds.
+   */
+  idleTimeoutMs?: number;
+  /** Connections open at once; more are refused (default 10,000). */
+  maxConnections?: number;
 }
 
 const READINESS_TIMEOUT_MS = 2_000;
 const HEADERS_TIMEOUT_MS = 10_000;
 const REQUEST_TIMEOUT_MS = 30_000;
+// Node checks the two limits above this often (default 30 s, which made them act at 40 s and 60 s).
+const LIMITS_CHECKED_EVERY_MS = 1_000;
+
 const requestIdPattern = /^[\w.:-]{1,128}$/;
 
 /** tRPC under `/trpc`, plus `/healthz` (the process runs) and `/readyz` (the database answers). */
@@ -37,7 +48,7 @@ export function createHttpServer(deps: HttpServerDeps): http.Server {
     },
   });
 
-  const server = http.createServer((req, res) => {
+  const server = http.createServer({ connectionsCheckingInterval: LIMITS_CHECKED_EVERY_MS }, (req, res) => {
     const incoming = req.headers['x-request-id'];
     const requestId = typeof incoming === 'string' && requestIdPattern.test(incoming) ? incoming : randomUUID();
     // From here on the header holds the id this response carries, whatever the client sent.
@@ -66,6 +77,9 @@ export function createHttpServer(deps: HttpServerDeps): http.Server {
   // A client gets this long to send its headers, and its whole request (slow-sending clients).
   server.headersTimeout = HEADERS_TIMEOUT_MS;
   server.requestTimeout = REQUEST_TIMEOUT_MS;
+  // With no listener for 'timeout', Node destroys a socket idle this long, and what it buffered goes.
+  server.timeout = deps.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
+  server.maxConnections = deps.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
   return server;
 }
 

@@ -8,7 +8,16 @@ import type { Context } from './context.js';
 import { withDeadline } from './deadline.js';
 import type { Member } from './member-cache.js';
 
-const t = initTRPC.context<Context>().create({
+/** What a procedure declares about itself with `.meta()`. */
+export interface ProcedureMeta {
+  /**
+   * Reads or writes a lot (a page of messages, a write): counted against the caller's
+   * `HEAVY_CALLS_PER_PERSON`, beyond which it answers TOO_MANY_REQUESTS.
+   */
+  heavy?: boolean;
+}
+
+const t = initTRPC.context<Context>().meta<ProcedureMeta>().create({
   transformer: superjson,
   // Stack traces stay in the logs, never in responses.
   isDev: false,
@@ -73,15 +82,21 @@ const requireSignIn = t.middleware(function requireSignIn({ ctx, next }) {
 });
 
 /**
- * The caller, provisioned: a valid token is required, then the member cache gives their rows or
- * provisions them in a transaction of its own, and a deactivated membership is refused. The
+ * The caller, provisioned: a valid token is required, then (for a heavy procedure) a place among the
+ * caller's heavy calls in progress, then the member cache gives their rows or provisions them in a
+ * transaction of its own, and a deactivated membership is refused. The
  * procedure gets the rows as plain data. The deadline is in the same middleware, so the calls
  * every page load makes pay for one level of tRPC's per-middleware context copying, not two.
  */
-const provisionCaller = t.middleware(function provisionCaller({ ctx, next }) {
+const provisionCaller = t.middleware(function provisionCaller({ ctx, meta, next }) {
+  if (ctx.auth.status !== 'verified') throw ctx.auth.error;
+  const { identity } = ctx.auth;
+  // Counted before any database work, so a flood of one person's calls provisions nothing either.
+  const leave = meta?.heavy ? ctx.heavyCalls.enter(`${identity.tenantId}\u0000${identity.userId}`) : noop;
+  if (!leave) {
+    throw new TRPCError({ code: 'TOO_MANY_REQUESTS', message: 'You have too many requests in progress; try again shortly' });
+  }
   return unavailableWhenStuck(ctx, async () => {
-    if (ctx.auth.status !== 'verified') throw ctx.auth.error;
-    const { identity } = ctx.auth;
     const { user, organization, membership } = await ctx.members.getOrProvision(identity, () =>
       provisionMember(ctx, identity),
     );
@@ -89,8 +104,10 @@ const provisionCaller = t.middleware(function provisionCaller({ ctx, next }) {
       throw new TRPCError({ code: 'FORBIDDEN', message: 'Your membership in this organization is deactivated' });
     }
     return next({ ctx: { user, organization, membership } });
-  });
+  }).finally(leave);
 });
+
+const noop = () => {};
 
 async function provisionMember({ db, log }: Context, identity: IdentityClaims): Promise<Member> {
   const { organization, user, membership, created } = await provisionIdentity(db, identity);

@@ -47,6 +47,9 @@ const messageCursor = z.object({ seq: z.number().int().positive() });
 /** Whose sessions a call may touch: the caller in their current organization, in every query's `WHERE`. */
 const ownerOf = ({ user, organization }: Member): SessionOwner => ({ userId: user.id, organizationId: organization.id });
 
+/** Pages and writes count against the caller's heavy calls in progress (`HEAVY_CALLS_PER_PERSON`). */
+const heavy = { heavy: true };
+
 function sessionNotFound(): never {
   // The same answer for a session that does not exist and one that is not the caller's.
   throw new TRPCError({ code: 'NOT_FOUND', message: 'Chat session not found' });
@@ -63,6 +66,7 @@ export const chatRouter = router({
 
   /** A new session, now the active one; the previously active one becomes inactive. */
   createSession: protectedProcedure
+    .meta(heavy)
     .input(z.object({ title: title.optional() }).optional())
     .mutation(async ({ ctx, input }) => {
       const owner = ownerOf(ctx);
@@ -73,6 +77,7 @@ export const chatRouter = router({
 
   /** The caller's sessions, most recent activity first. */
   listSessions: protectedProcedure
+    .meta(heavy)
     .input(
       z
         .object({ limit: z.number().int().min(1).max(100).default(20), cursor })
@@ -99,6 +104,7 @@ export const chatRouter = router({
 
   /** Makes the session the only active one. */
   setActiveSession: protectedProcedure
+    .meta(heavy)
     .input(z.object({ sessionId }))
     .mutation(async ({ ctx, input }) => {
       const owner = ownerOf(ctx);
@@ -106,6 +112,7 @@ export const chatRouter = router({
     }),
 
   renameSession: protectedProcedure
+    .meta(heavy)
     .input(z.object({ sessionId, title }))
     .mutation(async ({ ctx, input }) => {
       const owner = ownerOf(ctx);
@@ -115,6 +122,7 @@ export const chatRouter = router({
 
   /** Deletes the session and its messages. When it was active, none is until `getActiveSession` makes one. */
   deleteSession: protectedProcedure
+    .meta(heavy)
     .input(z.object({ sessionId }))
     .mutation(async ({ ctx, input }) => {
       const owner = ownerOf(ctx);
@@ -125,6 +133,7 @@ export const chatRouter = router({
 
   /** Stores the caller's message; the first one titles a session still called `New Chat`. */
   sendMessage: protectedProcedure
+    .meta(heavy)
     .input(z.object({ sessionId, content }))
     .mutation(async ({ ctx, input }) => {
       const owner = ownerOf(ctx);
@@ -145,6 +154,7 @@ export const chatRouter = router({
    * fetches the page before them and is null at the start of the conversation.
    */
   listMessages: protectedProcedure
+    .meta(heavy)
     .input(z.object({ sessionId, limit: z.number().int().min(1).max(100).default(50), cursor }))
     .query(async ({ ctx, input }) => {
       const owner = ownerOf(ctx);

@@ -7,6 +7,7 @@ const memberCursor = z.object({ createdAt: z.iso.datetime().transform((value) =>
 export const orgRouter = router({
   /** The current organization's members, in joining order. Admins only. */
   members: adminProcedure
+    .meta({ heavy: true })
     .input(
       z
         .object({ limit: z.number().int().min(1).max(100).default(50), cursor: z.string().max(1024).nullish() })

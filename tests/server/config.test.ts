@@ -11,8 +11,11 @@ describe('loadConfig', () => {
       procedureTimeoutMs: 15_000,
       tokenCacheEntries: 10_000,
       memberCache: { maxEntries: 10_000, ttlMs: 60_000 },
+      heavyCallsPerPerson: 4,
       port: 3000,
       host: '127.0.0.1',
+      idleTimeoutMs: 30_000,
+      maxConnections: 10_000,
     });
   });
 
@@ -37,6 +40,7 @@ describe('loadConfig', () => {
       poolSize: 10,
       connectTimeoutSeconds: 5,
       statementTimeoutMs: 5_000,
+      lockTimeoutMs: 2_000,
     });
     expect([config.port, config.host]).toEqual([8080, '0.0.0.0']);
   });
@@ -53,6 +57,19 @@ describe('loadConfig', () => {
 
   it('accepts http:// Frontegg URLs outside production (a local stand-in)', () => {
     expect(loadConfig({ FRONTEGG_BASE_URL: 'http://127.0.0.1:8080' }).identity).toMatchObject({ mode: 'frontegg' });
+  });
+
+  it('reads the limits on heavy calls, idle connections and open connections', () => {
+    const config = loadConfig({
+      HEAVY_CALLS_PER_PERSON: '2',
+      HTTP_IDLE_TIMEOUT_SECONDS: '5',
+      HTTP_MAX_CONNECTIONS: '100',
+      DATABASE_URL: 'postgres://app@db.internal:5432/chat',
+      DATABASE_LOCK_TIMEOUT_MS: '250',
+    });
+    expect([config.heavyCallsPerPerson, config.idleTimeoutMs, config.maxConnections]).toEqual([2, 5_000, 100]);
+    expect(config.database).toMatchObject({ lockTimeoutMs: 250 });
+    expect(() => loadConfig({ HEAVY_CALLS_PER_PERSON: '0' })).toThrow(/HEAVY_CALLS_PER_PERSON must be a whole number from 1/);
   });
 
   it('reads the timeouts, pool size and key-set lifetimes', () => {

@@ -7,6 +7,8 @@ import { type DatabaseHandle, openDatabase } from '../../db/database.js';
 import { chatSessions, organizationMembers, organizations, users } from '../../db/schema.js';
 import { type RunningServer, startServer } from '../../server/app.js';
 import { DEFAULT_TOKEN_CACHE_ENTRIES } from '../../server/auth/access-token.js';
+import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS } from '../../server/config.js';
+import { DEFAULT_HEAVY_CALLS_PER_PERSON } from '../../server/in-flight-limit.js';
 import { DEFAULT_MEMBER_CACHE } from '../../server/member-cache.js';
 import { createEmptyDatabase } from '../support/database.js';
 import { type TestIdentityProvider, startIdentityProvider } from '../support/identity-provider.js';
@@ -42,6 +44,9 @@ describe.skipIf(!inject('databaseUrl'))(`${INSTANCES} instances started at once 
             procedureTimeoutMs: 15_000,
             tokenCacheEntries: DEFAULT_TOKEN_CACHE_ENTRIES,
             memberCache: DEFAULT_MEMBER_CACHE,
+            heavyCallsPerPerson: DEFAULT_HEAVY_CALLS_PER_PERSON,
+            idleTimeoutMs: DEFAULT_IDLE_TIMEOUT_MS,
+            maxConnections: DEFAULT_MAX_CONNECTIONS,
             port: 0,
             host: '127.0.0.1',
           },

@@ -7,6 +7,7 @@ import { createRemoteKeySet } from '../../server/auth/key-set.js';
 import { type ServerDeps, authenticate, createInnerContext } from '../../server/context.js';
 import { createSharedCursorCodec } from '../../server/cursor.js';
 import { type HttpServerDeps, createHttpServer } from '../../server/http.js';
+import { DEFAULT_HEAVY_CALLS_PER_PERSON, createInFlightLimit } from '../../server/in-flight-limit.js';
 import { type MemberCache, createMemberCache } from '../../server/member-cache.js';
 import { createCaller } from '../../server/root.js';
 import { openTestDatabase } from './database.js';
@@ -17,7 +18,9 @@ import { startIdentityProvider } from './identity-provider.js';
  * test identity provider's key set. Log lines are kept in `logs` for assertions. `onStatement`
  * hears every statement sent (see `DatabaseObserver`); `members` replaces the member cache.
  */
-export async function startTestApp(options: { onStatement?: (text: string) => void; members?: MemberCache } = {}) {
+export async function startTestApp(
+  options: { onStatement?: (text: string) => void; members?: MemberCache; heavyCallsPerPerson?: number } = {},
+) {
   const database = await openTestDatabase({ onStatement: options.onStatement });
   const idp = await startIdentityProvider();
   const logs: Record<string, unknown>[] = [];
@@ -34,6 +37,7 @@ export async function startTestApp(options: { onStatement?: (text: string) => vo
     cursors: await createSharedCursorCodec(database.db),
     // The production defaults (MEMBER_CACHE_MAX_ENTRIES, MEMBER_CACHE_TTL_SECONDS) unless given.
     members: options.members ?? createMemberCache(),
+    heavyCalls: createInFlightLimit(options.heavyCallsPerPerson ?? DEFAULT_HEAVY_CALLS_PER_PERSON),
   };
 
   /**

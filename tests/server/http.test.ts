@@ -1,4 +1,6 @@
 import { randomUUID } from 'node:crypto';
+import { once } from 'node:events';
+import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, expectTypeOf, it } from 'vitest';
 import { MAX_BATCH_SIZE, MAX_BODY_BYTES, type RouterOutputs, createApiClient } from '../../client/index.js';
 import { eq } from 'drizzle-orm';
@@ -145,6 +147,43 @@ describe('the typed client over HTTP', () => {
     const error = await clientError(http.clientFor(token).org.members.query({ limit: 1000 }));
     expect(error.data).toMatchObject({ code: 'BAD_REQUEST', httpStatus: 400 });
     expect(error.data?.validation?.fieldErrors).toHaveProperty('limit');
+  });
+});
+
+describe('connection limits', () => {
+  /** A raw connection to `server`; resolves when the server closes it, with how long that took. */
+  async function closedAfter(server: { url: string }, send: string) {
+    const socket = net.connect(Number(new URL(server.url).port), '127.0.0.1');
+    await once(socket, 'connect');
+    const started = performance.now();
+    socket.write(send);
+    socket.resume();
+    await once(socket, 'close');
+    return performance.now() - started;
+  }
+
+  it('closes a connection on which nothing moves for the idle timeout', async () => {
+    const impatient = await startHttpServer(app, { idleTimeoutMs: 300 });
+    try {
+      // Half a request, then silence: long before the 10 s headers timeout, the idle one acts.
+      expect(await closedAfter(impatient, 'GET /healthz HTTP/1.1\r\n')).toBeLessThan(5_000);
+    } finally {
+      await impatient.close();
+    }
+  });
+
+  it('refuses connections beyond the maximum', async () => {
+    const small = await startHttpServer(app, { maxConnections: 1 });
+    const first = net.connect(Number(new URL(small.url).port), '127.0.0.1');
+    try {
+      await once(first, 'connect');
+      // The server takes the first; a second is closed as soon as it is accepted.
+      await closedAfter(small, '');
+      expect(first.destroyed).toBe(false);
+    } finally {
+      first.destroy();
+      await small.close();
+    }
   });
 });
 

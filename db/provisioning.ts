@@ -52,14 +52,20 @@ export function mapFronteggRoles(roles: readonly string[] | undefined): MemberRo
 /**
  * Slugs to try for a tenant, in order. The first is the tenant id's first 8 characters; the
  * others add a hash of the whole id so that tenants sharing a prefix still get distinct slugs.
- * Every candidate keeps `org-{slug}` a valid S3 bucket name.
+ * Every candidate keeps `org-{slug}` a valid S3 bucket name: 3 to 63 characters of a-z, 0-9 and
+ * `-`, and none of the suffixes S3 reserves (a tenant `s3alias…` would give `org-s3alias`).
  */
 export function organizationSlugCandidates(tenantId: string): string[] {
   const hash = createHash('sha256').update(tenantId).digest('hex');
   const prefix = sanitizeSlug(tenantId.slice(0, 8));
   const base = prefix || hash.slice(0, 8);
-  return [base, `${base}-${hash.slice(0, 8)}`, `${base}-${hash.slice(0, 40)}`];
+  return [base, `${base}-${hash.slice(0, 8)}`, `${base}-${hash.slice(0, 40)}`].filter(
+    (slug) => !s3ReservedSuffixes.some((suffix) => `org-${slug}`.endsWith(suffix)),
+  );
 }
+
+// S3's rules for general purpose buckets: these endings belong to access points and other S3 features.
+const s3ReservedSuffixes = ['-s3alias', '--ol-s3', '.mrap', '--x-s3', '--table-s3'];
 
 function sanitizeSlug(value: string): string {
   return value

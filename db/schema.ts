@@ -35,10 +35,11 @@ export const organizations = pgTable(
   },
   (table) => [
     check('organizations_slug_format', sql`${table.slug} ~ '^[a-z0-9]+(-[a-z0-9]+)*$'`),
-    // S3's rules: 3 to 63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit.
+    // S3's rules: 3 to 63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit,
+    // and not ending the way S3's access points and other features do.
     check(
       'organizations_s3_bucket_name_format',
-      sql`${table.s3BucketName} ~ '^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$'`,
+      sql`${table.s3BucketName} ~ '^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$' and ${table.s3BucketName} !~ '(-s3alias|--ol-s3|--x-s3|--table-s3)$'`,
     ),
   ],
 );

@@ -64,17 +64,33 @@ describe('organizationSlugCandidates', () => {
     expect(organizationSlugCandidates('9023B0AB-47f4-44a0-a683-34d7cfa6f989')[0]).toBe('9023b0ab');
   });
 
-  it.each(['9023b0ab-47f4', 'ACME', 'a', '--__--__--', 'Ünïcødé tenant', 'x'.repeat(300), 'ab..cd__ef'])(
+  it.each(['9023b0ab-47f4', 'ACME', 'a', '--__--__--', 'Ünïcødé tenant', 'x'.repeat(300), 'ab..cd__ef', 's3alias-corp', 'S3ALIAS', 'x-s3alias'])(
     'gives valid, distinct slugs and S3 bucket names for %j',
     (tenantId) => {
       const slugs = organizationSlugCandidates(tenantId);
+      expect(slugs.length).toBeGreaterThanOrEqual(2);
       expect(new Set(slugs).size).toBe(slugs.length);
       for (const slug of slugs) {
         expect(slug).toMatch(/^[a-z0-9]+(-[a-z0-9]+)*$/);
         expect(`org-${slug}`).toMatch(s3BucketName);
+        // Endings S3 reserves for access points and other features.
+        expect(`org-${slug}`).not.toMatch(/(-s3alias|--ol-s3|\.mrap|--x-s3|--table-s3)$/);
       }
     },
   );
+
+  it('is backed by the database, which refuses a bucket name with a reserved ending', async () => {
+    const insert = database.db
+      .insert(organizations)
+      .values({ id: randomUUID(), name: 'x', slug: `s3alias-${Date.now()}`, s3BucketName: `org-x${Date.now()}-s3alias` });
+    await expect(insert).rejects.toMatchObject({ cause: { message: expect.stringMatching(/organizations_s3_bucket_name_format/) } });
+  });
+
+  it('provisions a tenant whose id starts with "s3alias" under a bucket name S3 accepts', async () => {
+    const tenantId = `s3alias-${randomUUID()}`;
+    const { organization } = await provisionIdentity(database.db, identity({ tenantId }));
+    expect(organization.s3BucketName).toMatch(/^org-s3alias-[0-9a-f]{8}$/);
+  });
 });
 
 describe('provisionIdentity', () => {

@@ -1,0 +1,3 @@
+-- NOT VALID: rows stored before this rule stay as they are (rename such a bucket by hand); new rows are checked.
+ALTER TABLE "organizations" DROP CONSTRAINT "organizations_s3_bucket_name_format";--> statement-breakpoint
+ALTER TABLE "organizations" ADD CONSTRAINT "organizations_s3_bucket_name_format" CHECK ("organizations"."s3_bucket_name" ~ '^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$' and "organizations"."s3_bucket_name" !~ '(-s3alias|--ol-s3|--x-s3|--table-s3)$') NOT VALID;

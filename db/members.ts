@@ -22,7 +22,7 @@ export async function getMembersByOrganizationId(
       name: users.name,
       role: organizationMembers.role,
       isActive: organizationMembers.isActive,
-      lastLogin: users.lastLogin,
+      lastSeenAt: organizationMembers.lastSeenAt,
       joinedAt: organizationMembers.createdAt,
     })
     .from(organizationMembers)

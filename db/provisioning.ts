@@ -210,13 +210,21 @@ function upsertUser(tx: Database, claims: IdentityClaims) {
 function upsertMembership(tx: Database, claims: IdentityClaims) {
   return tx
     .insert(organizationMembers)
-    .values({ userId: claims.userId, organizationId: claims.tenantId, role: mapFronteggRoles(claims.roles) })
+    .values({
+      userId: claims.userId,
+      organizationId: claims.tenantId,
+      role: mapFronteggRoles(claims.roles),
+      lastSeenAt: sql`now()`,
+    })
     .onConflictDoUpdate({
       target: [organizationMembers.userId, organizationMembers.organizationId],
       // The role follows the token on every login, so a demotion takes effect with the next token.
       // `is_active` is not touched: a deactivated member stays deactivated.
       set: {
         role: sql`excluded.role`,
+        // At most one write a minute, as for `users.last_login`.
+        lastSeenAt: sql`case when ${organizationMembers.lastSeenAt} > now() - interval '1 minute'
+          then ${organizationMembers.lastSeenAt} else now() end`,
         updatedAt: sql`case when ${organizationMembers.role} is distinct from excluded.role
           then now() else ${organizationMembers.updatedAt} end`,
       },

@@ -73,6 +73,11 @@ export const organizationMembers = pgTable(
       .references(() => organizations.id, { onDelete: 'cascade' }),
     role: text('role', { enum: memberRoles }).notNull(),
     isActive: boolean('is_active').notNull().default(true),
+    /**
+     * When the member last used this organization (written at most once a minute): what its admins
+     * see, where `users.last_login` would show a shared person's activity in other tenants.
+     */
+    lastSeenAt: timestampMs('last_seen_at'),
     createdAt: createdAt(),
     updatedAt: updatedAt(),
   },

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { asc, eq } from 'drizzle-orm';
+import { and, asc, eq } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { organizationMembers } from '../../db/schema.js';
 import { deactivateMembership } from '../support/database.js';
@@ -104,13 +104,33 @@ describe('org.members', () => {
     expect(new Set(items.map((m) => m.userId))).toEqual(new Set([admin.sub, ...others.map((o) => o.sub)]));
     const adminItem = items.find((m) => m.userId === admin.sub)!;
     expect(adminItem).toMatchObject({ email: 'admin@example.com', role: 'admin', isActive: true });
-    expect(adminItem.lastLogin).toBeInstanceOf(Date);
+    expect(adminItem.lastSeenAt).toBeInstanceOf(Date);
     expect(items.map((m) => m.role).sort()).toEqual(['admin', 'member', 'member', 'member', 'viewer']);
-    expect(Object.keys(adminItem).sort()).toEqual(['email', 'isActive', 'lastLogin', 'name', 'role', 'userId']);
+    expect(Object.keys(adminItem).sort()).toEqual(['email', 'isActive', 'lastSeenAt', 'name', 'role', 'userId']);
 
     const all = await caller.org.members();
     expect(all.items.map((m) => m.userId)).toEqual(items.map((m) => m.userId));
     expect(all.nextCursor).toBeNull();
+  });
+
+  it("shows when a member was last seen in this organization, never their activity in another tenant", async () => {
+    const [home, elsewhere] = [randomUUID(), randomUUID()];
+    const shared = { sub: randomUUID() };
+    await (await app.as({ ...shared, tenantId: home })).me();
+    const longAgo = new Date('2026-01-01T00:00:00.000Z');
+    await app.db
+      .update(organizationMembers)
+      .set({ lastSeenAt: longAgo })
+      .where(and(eq(organizationMembers.userId, shared.sub), eq(organizationMembers.organizationId, home)));
+
+    // Active in another tenant since: that organization's admins see it, this one's do not.
+    await (await app.as({ ...shared, tenantId: elsewhere })).me();
+    const homeAdmin = await app.as(person(home, { roles: ['Admin'] }));
+    const seenHome = (await homeAdmin.org.members()).items.find((m) => m.userId === shared.sub);
+    expect(seenHome?.lastSeenAt).toEqual(longAgo);
+    const elsewhereAdmin = await app.as(person(elsewhere, { roles: ['Admin'] }));
+    const seenElsewhere = (await elsewhereAdmin.org.members()).items.find((m) => m.userId === shared.sub);
+    expect(seenElsewhere?.lastSeenAt?.getTime()).toBeGreaterThan(Date.now() - 60_000);
   });
 
   it('pages members who joined at the same instant without duplicates or gaps', async () => {

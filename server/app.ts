@@ -68,7 +68,11 @@ export async function startServer(config: Config, log: Logger, observers: Server
 }
 
 async function createConfiguredVerifier(
-  { identity, tokenCacheEntries: cacheEntries }: Pick<Config, 'identity' | 'tokenCacheEntries'>,
+  {
+    identity,
+    tokenCacheEntries: cacheEntries,
+    tokenCacheMaxBytes: cacheMaxBytes,
+  }: Pick<Config, 'identity' | 'tokenCacheEntries' | 'tokenCacheMaxBytes'>,
   log: Logger,
   onAccepted: AccessTokenVerifierOptions['onAccepted'],
 ): Promise<AccessTokenVerifier> {
@@ -79,6 +83,7 @@ async function createConfiguredVerifier(
       issuer: identity.issuer,
       audience: identity.audience,
       cacheEntries,
+      cacheMaxBytes,
       onAccepted,
     });
   }
@@ -93,6 +98,7 @@ async function createConfiguredVerifier(
     issuer: LOCAL_ISSUER,
     audience: [LOCAL_AUDIENCE],
     cacheEntries,
+    cacheMaxBytes,
     onAccepted,
   });
 }

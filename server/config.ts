@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import type { DatabaseTarget } from '../db/database.js';
-import { DEFAULT_TOKEN_CACHE_ENTRIES } from './auth/access-token.js';
+import { DEFAULT_TOKEN_CACHE_ENTRIES, DEFAULT_TOKEN_CACHE_MAX_BYTES } from './auth/access-token.js';
 import { DEFAULT_HEAVY_CALLS_PER_PERSON } from './in-flight-limit.js';
 import { DEFAULT_MEMBER_CACHE, type MemberCacheOptions } from './member-cache.js';
 
@@ -57,6 +57,8 @@ const envSchema = z.object({
   DATABASE_LOCK_TIMEOUT_MS: wholeNumber(2_000, 10, 600_000),
   PROCEDURE_TIMEOUT_MS: wholeNumber(15_000, 100, 600_000),
   TOKEN_CACHE_MAX_ENTRIES: wholeNumber(DEFAULT_TOKEN_CACHE_ENTRIES, 0, 1_000_000),
+  TOKEN_CACHE_MAX_MB: wholeNumber(DEFAULT_TOKEN_CACHE_MAX_BYTES / 2 ** 20, 1, 4_096),
+  MEMBER_CACHE_MAX_MB: wholeNumber(DEFAULT_MEMBER_CACHE.maxBytes / 2 ** 20, 1, 4_096),
   MEMBER_CACHE_MAX_ENTRIES: wholeNumber(DEFAULT_MEMBER_CACHE.maxEntries, 0, 1_000_000),
   MEMBER_CACHE_TTL_SECONDS: wholeNumber(DEFAULT_MEMBER_CACHE.ttlMs / 1000, 0, 3_600),
   HEAVY_CALLS_PER_PERSON: wholeNumber(DEFAULT_HEAVY_CALLS_PER_PERSON, 1, 1_000),
@@ -89,8 +91,9 @@ export interface Config {
   identity: IdentityConfig;
   /** A procedure that has not answered by then answers 503. */
   procedureTimeoutMs: number;
-  /** How many verified tokens are remembered until they expire (0: none). */
+  /** How many verified tokens are remembered until they expire (0: none), and in how much memory. */
   tokenCacheEntries: number;
+  tokenCacheMaxBytes: number;
   /** Who counts as provisioned recently (a size or lifetime of 0: nobody). */
   memberCache: MemberCacheOptions;
   /** Heavy calls (pages of messages, writes) one person may have in progress per instance. */
@@ -132,7 +135,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     identity: identityConfig(vars),
     procedureTimeoutMs: vars.PROCEDURE_TIMEOUT_MS,
     tokenCacheEntries: vars.TOKEN_CACHE_MAX_ENTRIES,
-    memberCache: { maxEntries: vars.MEMBER_CACHE_MAX_ENTRIES, ttlMs: vars.MEMBER_CACHE_TTL_SECONDS * 1000 },
+    tokenCacheMaxBytes: vars.TOKEN_CACHE_MAX_MB * 2 ** 20,
+    memberCache: {
+      maxEntries: vars.MEMBER_CACHE_MAX_ENTRIES,
+      ttlMs: vars.MEMBER_CACHE_TTL_SECONDS * 1000,
+      maxBytes: vars.MEMBER_CACHE_MAX_MB * 2 ** 20,
+    },
     heavyCallsPerPerson: vars.HEAVY_CALLS_PER_PERSON,
     port: vars.PORT,
     host: vars.HOST,

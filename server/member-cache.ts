@@ -9,9 +9,15 @@ export interface MemberCacheOptions {
   maxEntries: number;
   /** How long a provisioning counts as recent; 0 provisions on every request. */
   ttlMs: number;
+  /** The most memory the remembered rows may take, estimated: rows vary in size. */
+  maxBytes: number;
 }
 
-export const DEFAULT_MEMBER_CACHE = { maxEntries: 10_000, ttlMs: 60_000 } satisfies MemberCacheOptions;
+export const DEFAULT_MEMBER_CACHE = {
+  maxEntries: 10_000,
+  ttlMs: 60_000,
+  maxBytes: 16 * 1024 * 1024,
+} satisfies MemberCacheOptions;
 
 interface Provisioning {
   claims: IdentityClaims;
@@ -25,10 +31,20 @@ interface Provisioning {
  * never answered from here. What changes in the database without a new token (a membership
  * deactivated by an operator) is seen once the entry is older than `ttlMs`.
  */
-export function createMemberCache({ maxEntries, ttlMs }: MemberCacheOptions = DEFAULT_MEMBER_CACHE) {
+export function createMemberCache({
+  maxEntries,
+  ttlMs,
+  maxBytes = DEFAULT_MEMBER_CACHE.maxBytes,
+}: Omit<MemberCacheOptions, 'maxBytes'> & { maxBytes?: number } = DEFAULT_MEMBER_CACHE) {
   const remembered =
     maxEntries > 0 && ttlMs > 0
-      ? new LRUCache<string, { claims: IdentityClaims; member: Member }>({ max: maxEntries, ttl: ttlMs })
+      ? new LRUCache<string, { claims: IdentityClaims; member: Member }>({
+          max: maxEntries,
+          ttl: ttlMs,
+          maxSize: maxBytes,
+          // Strings take two bytes a character at most; the rows and claims are mostly strings.
+          sizeCalculation: (entry) => 2 * JSON.stringify(entry).length + 512,
+        })
       : undefined;
   // Concurrent first requests of one person (a batch, a page firing several calls) share one
   // provisioning instead of queueing in the database behind its row locks.

@@ -40,11 +40,14 @@ export interface AccessTokenVerifierOptions {
    * again skips the RSA check. 0 verifies every time. Default 10,000.
    */
   cacheEntries?: number;
+  /** The most memory remembered tokens may take, estimated (default 32 MiB): tokens vary in size. */
+  cacheMaxBytes?: number;
   /** Told how each accepted token was accepted: its signature checked, or remembered (metrics, tests). */
   onAccepted?: ((how: 'signature' | 'remembered') => void) | undefined;
 }
 
 export const DEFAULT_TOKEN_CACHE_ENTRIES = 10_000;
+export const DEFAULT_TOKEN_CACHE_MAX_BYTES = 32 * 1024 * 1024;
 
 /** Headers above this size are refused before any parsing. */
 export const MAX_AUTHORIZATION_HEADER_BYTES = 8 * 1024;
@@ -136,7 +139,12 @@ export function createAccessTokenVerifier(options: AccessTokenVerifierOptions): 
   };
   const entries = options.cacheEntries ?? DEFAULT_TOKEN_CACHE_ENTRIES;
   if (entries === 0) return async (token) => (await verify(token)).verified;
-  const cache = new LRUCache<string, VerifiedWithKey>({ max: entries });
+  const cache = new LRUCache<string, VerifiedWithKey>({
+    max: entries,
+    maxSize: options.cacheMaxBytes ?? DEFAULT_TOKEN_CACHE_MAX_BYTES,
+    // The token is held twice (the key and the parts jose was given), with its identity.
+    sizeCalculation: (entry, token) => 2 * token.length + JSON.stringify(entry.verified.identity).length + 512,
+  });
 
   return async (token) => {
     const cached = cache.get(token);

@@ -10,7 +10,8 @@ describe('loadConfig', () => {
       identity: { mode: 'local', keyFile: '.data/local-identity/signing-key.json' },
       procedureTimeoutMs: 15_000,
       tokenCacheEntries: 10_000,
-      memberCache: { maxEntries: 10_000, ttlMs: 60_000 },
+      tokenCacheMaxBytes: 32 * 2 ** 20,
+      memberCache: { maxEntries: 10_000, ttlMs: 60_000, maxBytes: 16 * 2 ** 20 },
       heavyCallsPerPerson: 4,
       port: 3000,
       host: '127.0.0.1',
@@ -93,9 +94,12 @@ describe('loadConfig', () => {
       TOKEN_CACHE_MAX_ENTRIES: '0',
       MEMBER_CACHE_MAX_ENTRIES: '500',
       MEMBER_CACHE_TTL_SECONDS: '15',
+      TOKEN_CACHE_MAX_MB: '8',
+      MEMBER_CACHE_MAX_MB: '2',
     });
     expect(config.tokenCacheEntries).toBe(0);
-    expect(config.memberCache).toEqual({ maxEntries: 500, ttlMs: 15_000 });
+    expect(config.tokenCacheMaxBytes).toBe(8 * 2 ** 20);
+    expect(config.memberCache).toEqual({ maxEntries: 500, ttlMs: 15_000, maxBytes: 2 * 2 ** 20 });
   });
 
   it.each([

@@ -6,7 +6,7 @@ import { createApiClient } from '../../client/index.js';
 import { type DatabaseHandle, openDatabase } from '../../db/database.js';
 import { chatSessions, organizationMembers, organizations, users } from '../../db/schema.js';
 import { type RunningServer, startServer } from '../../server/app.js';
-import { DEFAULT_TOKEN_CACHE_ENTRIES } from '../../server/auth/access-token.js';
+import { DEFAULT_TOKEN_CACHE_ENTRIES, DEFAULT_TOKEN_CACHE_MAX_BYTES } from '../../server/auth/access-token.js';
 import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS } from '../../server/config.js';
 import { DEFAULT_HEAVY_CALLS_PER_PERSON } from '../../server/in-flight-limit.js';
 import { DEFAULT_MEMBER_CACHE } from '../../server/member-cache.js';
@@ -43,6 +43,7 @@ describe.skipIf(!inject('databaseUrl'))(`${INSTANCES} instances started at once 
             },
             procedureTimeoutMs: 15_000,
             tokenCacheEntries: DEFAULT_TOKEN_CACHE_ENTRIES,
+            tokenCacheMaxBytes: DEFAULT_TOKEN_CACHE_MAX_BYTES,
             memberCache: DEFAULT_MEMBER_CACHE,
             heavyCallsPerPerson: DEFAULT_HEAVY_CALLS_PER_PERSON,
             idleTimeoutMs: DEFAULT_IDLE_TIMEOUT_MS,

@@ -288,6 +288,19 @@ describe('createMemberCache, with provisionings the test settles by hand', () =>
     expect(members.size).toBe(1);
   });
 
+  it('is bounded in bytes as well as entries: people with large rows push others out', async () => {
+    const members = createMemberCache({ maxEntries: 1_000, ttlMs: 60_000, maxBytes: 20_000 });
+    for (let i = 0; i < 10; i++) {
+      const large = pendingProvisioning('large');
+      (large.member.user as { name: string }).name = 'n'.repeat(3_000);
+      large.resolve(large.member);
+      await members.getOrProvision({ ...claims, userId: `u${i}` }, large.provision);
+    }
+    // About 6 KB each as remembered: three fit in 20 KB, whatever the entry count allows.
+    expect(members.size).toBeLessThanOrEqual(3);
+    expect(members.size).toBeGreaterThan(0);
+  });
+
   it('hands out frozen rows, also when it remembers nothing', async () => {
     const members = createMemberCache({ maxEntries: 0, ttlMs: 0 });
     const once = pendingProvisioning('once');

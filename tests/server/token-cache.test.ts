@@ -14,7 +14,7 @@ afterEach(() => {
 });
 
 /** A verifier trusting the test identity provider, and how it accepted each token it accepted. */
-function verifierWith(options: { cacheEntries?: number } = {}) {
+function verifierWith(options: { cacheEntries?: number; cacheMaxBytes?: number } = {}) {
   const accepted: string[] = [];
   const verify = createAccessTokenVerifier({
     keySet: createRemoteKeySet({ jwksUrl: app.idp.jwksUrl, maxAgeMs: 600_000, cooldownMs: 30_000, log: app.deps.log }),
@@ -108,5 +108,17 @@ describe('the verified-token cache', () => {
     }).toThrow(TypeError);
     expect(() => (identity.roles as string[]).push('Owner')).toThrow(TypeError);
     expect((await verify(token)).identity.roles).toEqual(['Admin']);
+  });
+
+  it('is bounded in bytes as well as entries: large tokens push older ones out', async () => {
+    // Each token carries 3,000 characters of roles: about 10 KB remembered, so 40 KB holds three.
+    const { verify, accepted } = verifierWith({ cacheMaxBytes: 40_000 });
+    const roles = Array.from({ length: 30 }, (_, i) => `role-${i}-${'x'.repeat(93)}`);
+    const tokens = await Promise.all(Array.from({ length: 6 }, () => app.idp.mintToken({ claims: { roles } })));
+    for (const token of tokens) await verify(token);
+    accepted.length = 0;
+    await verify(tokens[5]!);
+    await verify(tokens[0]!);
+    expect(accepted).toEqual(['remembered', 'signature']);
   });
 });

@@ -172,6 +172,24 @@ describe('connection limits', () => {
     }
   });
 
+  it("cuts a client that sends its headers slowly at the 10 s headers timeout, not at Node's 30 s check", async () => {
+    const socket = net.connect(Number(new URL(http.url).port), '127.0.0.1');
+    await once(socket, 'connect');
+    const started = performance.now();
+    // A byte every 200 ms: never idle, never done.
+    const drip = setInterval(() => socket.write('x'), 200);
+    socket.write('GET /healthz HTTP/1.1\r\nX-Slow: ');
+    socket.resume();
+    try {
+      await once(socket, 'close');
+    } finally {
+      clearInterval(drip);
+    }
+    const seconds = (performance.now() - started) / 1000;
+    expect(seconds).toBeGreaterThanOrEqual(9.5);
+    expect(seconds).toBeLessThan(13);
+  }, 20_000);
+
   it('refuses connections beyond the maximum', async () => {
     const small = await startHttpServer(app, { maxConnections: 1 });
     const first = net.connect(Number(new URL(small.url).port), '127.0.0.1');

@@ -43,7 +43,8 @@ describe.skipIf(!databaseUrl)('with the database behind a proxy that the test cu
   let http: Awaited<ReturnType<typeof startHttpServer>>;
 
   beforeAll(async () => {
-    app = await startTestApp();
+    // Eight writers of one person at once: more than HEAVY_CALLS_PER_PERSON's default share.
+    app = await startTestApp({ heavyCallsPerPerson: 64 });
     const url = new URL(databaseUrl as string);
     proxy = await startTcpProxy({ host: url.hostname, port: Number(url.port || 5432) });
     proxied = openDatabase({

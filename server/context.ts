@@ -57,6 +57,8 @@ export async function authenticate(
 export function createInnerContext(
   deps: Pick<ServerDeps, 'db' | 'log' | 'cursors' | 'procedureTimeoutMs' | 'members' | 'heavyCalls'>,
   auth: Auth,
+  /** Settles when the HTTP response has been sent or its connection closed; none in-process. */
+  answered?: Promise<void>,
 ) {
   return {
     db: deps.db,
@@ -66,6 +68,7 @@ export function createInnerContext(
     heavyCalls: deps.heavyCalls,
     procedureTimeoutMs: deps.procedureTimeoutMs ?? DEFAULT_PROCEDURE_TIMEOUT_MS,
     auth,
+    answered,
   };
 }
 
@@ -74,8 +77,10 @@ export type Context = ReturnType<typeof createInnerContext>;
 /** The outer context, for the HTTP adapter: reads the `Authorization` header. */
 export async function createRequestContext(
   deps: ServerDeps,
-  headers: { authorization?: string | undefined },
+  req: { headers: { authorization?: string | undefined } },
+  res: { once(event: 'close', listener: () => void): unknown },
   log: Logger,
 ): Promise<Context> {
-  return createInnerContext({ ...deps, log }, await authenticate(deps, headers.authorization));
+  const answered = new Promise<void>((resolve) => res.once('close', resolve));
+  return createInnerContext({ ...deps, log }, await authenticate(deps, req.headers.authorization), answered);
 }

@@ -38,7 +38,7 @@ export function createHttpServer(deps: HttpServerDeps): http.Server {
     basePath: '/trpc/',
     maxBodySize: MAX_BODY_BYTES,
     maxBatchSize: MAX_BATCH_SIZE,
-    createContext: ({ req }) => createRequestContext(deps, req.headers, requestLog(req)),
+    createContext: ({ req, res }) => createRequestContext(deps, req, res, requestLog(req)),
     // Once per failed call, with the request id the response carries.
     onError({ error, path, ctx, req }) {
       const log = ctx?.log ?? requestLog(req);

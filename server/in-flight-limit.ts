@@ -1,3 +1,5 @@
+import { MAX_BATCH_SIZE } from '../client/limits.js';
+
 /**
  * How many calls of one kind each person may have in progress in this instance. A person's calls
  * beyond it are refused at once rather than queued, so one person's script cannot take the
@@ -30,4 +32,5 @@ export function createInFlightLimit(perPerson: number) {
 
 export type InFlightLimit = ReturnType<typeof createInFlightLimit>;
 
-export const DEFAULT_HEAVY_CALLS_PER_PERSON = 4;
+// An ordinary batch of heavy calls (a frontend's writes, say) always fits.
+export const DEFAULT_HEAVY_CALLS_PER_PERSON = MAX_BATCH_SIZE;

@@ -96,7 +96,7 @@ const provisionCaller = t.middleware(function provisionCaller({ ctx, meta, next 
   if (!leave) {
     throw new TRPCError({ code: 'TOO_MANY_REQUESTS', message: 'You have too many requests in progress; try again shortly' });
   }
-  return unavailableWhenStuck(ctx, async () => {
+  const work = (async () => {
     const { user, organization, membership } = await ctx.members.getOrProvision(identity, () =>
       provisionMember(ctx, identity),
     );
@@ -104,7 +104,12 @@ const provisionCaller = t.middleware(function provisionCaller({ ctx, meta, next 
       throw new TRPCError({ code: 'FORBIDDEN', message: 'Your membership in this organization is deactivated' });
     }
     return next({ ctx: { user, organization, membership } });
-  }).finally(leave);
+  })();
+  // The place is given back once the work is done, also when the deadline answered first, and
+  // once the answer has left (or its connection closed): an answer a client does not read still
+  // holds the memory of its pages.
+  if (leave !== noop) void Promise.allSettled([work, ctx.answered]).then(leave);
+  return unavailableWhenStuck(ctx, () => work);
 });
 
 const noop = () => {};

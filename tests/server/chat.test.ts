@@ -10,9 +10,7 @@ import { type TestApp, startTestApp } from '../support/test-app.js';
 
 let app: TestApp;
 beforeAll(async () => {
-  // Races of one person's calls need more of them in progress than HEAVY_CALLS_PER_PERSON's
-  // default; tests/server/hostile-callers.test.ts covers that limit.
-  app = await startTestApp({ heavyCallsPerPerson: 64 });
+  app = await startTestApp();
 });
 afterAll(() => app.close());
 

@@ -12,7 +12,7 @@ describe('loadConfig', () => {
       tokenCacheEntries: 10_000,
       tokenCacheMaxBytes: 32 * 2 ** 20,
       memberCache: { maxEntries: 10_000, ttlMs: 60_000, maxBytes: 16 * 2 ** 20 },
-      heavyCallsPerPerson: 4,
+      heavyCallsPerPerson: 10,
       port: 3000,
       host: '127.0.0.1',
       idleTimeoutMs: 30_000,

@@ -43,8 +43,7 @@ describe.skipIf(!databaseUrl)('with the database behind a proxy that the test cu
   let http: Awaited<ReturnType<typeof startHttpServer>>;
 
   beforeAll(async () => {
-    // Eight writers of one person at once: more than HEAVY_CALLS_PER_PERSON's default share.
-    app = await startTestApp({ heavyCallsPerPerson: 64 });
+    app = await startTestApp();
     const url = new URL(databaseUrl as string);
     proxy = await startTcpProxy({ host: url.hostname, port: Number(url.port || 5432) });
     proxied = openDatabase({

@@ -79,7 +79,7 @@ async function createConfiguredVerifier(
   if (identity.mode === 'frontegg') {
     log.info({ issuer: identity.issuer, jwksUrl: identity.jwksUrl, audience: identity.audience }, 'Verifying Frontegg tokens');
     return createAccessTokenVerifier({
-      keySet: createRemoteKeySet({ jwksUrl: identity.jwksUrl, ...identity.keySet, log }),
+      keySet: createRemoteKeySet({ jwksUrl: identity.jwksUrl, issuer: identity.issuer, ...identity.keySet, log }),
       issuer: identity.issuer,
       audience: identity.audience,
       cacheEntries,

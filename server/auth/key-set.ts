@@ -16,18 +16,33 @@ export class KeySetUnavailableError extends Error {
 // How far the issuer's clock and ours may disagree, as the verifier allows for `exp` and `nbf`.
 const ISSUER_CLOCK_SKEW_SECONDS = 5;
 
-/** The token's `iat`, read before its signature is checked: only to choose between 503 and 401. */
-function issuedAt(token: FlattenedJWSInput): number {
+/**
+ * Whether a token whose key we do not hold may be signed with a key published since the keys
+ * were fetched at `fetchedAt`: it names our issuer, has not expired, and was issued after that
+ * fetch (less the clocks' disagreement). Read before the signature is checked, so a forger can
+ * pass it, and gains only a 503 instead of a 401; anything else is known to be bad.
+ */
+function mayBeSignedWithNewKey(token: FlattenedJWSInput, issuer: string, fetchedAt: number): boolean {
+  let claims: { iss?: unknown; exp?: unknown; iat?: unknown };
   try {
-    const { iat } = JSON.parse(new TextDecoder().decode(base64url.decode(token.payload ?? ''))) as { iat?: unknown };
-    return typeof iat === 'number' ? iat : Number.POSITIVE_INFINITY;
+    claims = JSON.parse(new TextDecoder().decode(base64url.decode(token.payload ?? '')));
   } catch {
-    return Number.POSITIVE_INFINITY;
+    return false;
   }
+  const now = Date.now() / 1000;
+  return (
+    claims.iss === issuer &&
+    typeof claims.exp === 'number' &&
+    claims.exp > now &&
+    typeof claims.iat === 'number' &&
+    claims.iat >= fetchedAt / 1000 - ISSUER_CLOCK_SKEW_SECONDS
+  );
 }
 
 export interface RemoteKeySetOptions {
   jwksUrl: string;
+  /** The issuer whose tokens the keys sign: only its tokens may be told to retry for a new key. */
+  issuer: string;
   /** After this long the keys are refetched in the background; until that succeeds they stay in use. */
   maxAgeMs: number;
   /** At most one fetch per this period, whatever triggers it (unknown `kid`s, expiry, failures). */
@@ -45,6 +60,7 @@ export interface RemoteKeySetOptions {
  */
 export function createRemoteKeySet({
   jwksUrl,
+  issuer,
   maxAgeMs,
   cooldownMs,
   timeoutMs = 5_000,
@@ -117,12 +133,11 @@ export function createRemoteKeySet({
     const before = keys;
     const fetched = await refresh();
     if (keys === before && lastAttemptFailed) unavailable();
-    // Within the cooldown, a token issued after the keys were fetched may be signed with a key
-    // published since: "retry" (503), not "signed out" (401), which would sign people out for a
-    // rotation, and let anyone arm that with one made-up kid per cooldown. One issued well before
-    // the fetch (more than the clocks may disagree by) names a key the issuer did not publish
-    // then: refused below as unknown (401).
-    if (!fetched && !(issuedAt(token) < keys.fetchedAt / 1000 - ISSUER_CLOCK_SKEW_SECONDS)) unavailable();
+    // Within the cooldown, a current token of our issuer, issued after the keys were fetched, may
+    // be signed with a key published since: "retry" (503), not "signed out" (401), which would
+    // sign people out for a rotation, and let anyone arm that with one made-up kid per cooldown.
+    // Anything else names a key the issuer did not publish: refused below as unknown (401).
+    if (!fetched && mayBeSignedWithNewKey(token, issuer, keys.fetchedAt)) unavailable();
     return keys.getKey(header, token);
   };
 }

@@ -53,7 +53,7 @@ function validPayload(overrides: Record<string, unknown> = {}) {
 }
 
 function keySet(jwksUrl = app.idp.jwksUrl) {
-  return createRemoteKeySet({ jwksUrl, maxAgeMs: 600_000, cooldownMs: 30_000, log: app.deps.log });
+  return createRemoteKeySet({ jwksUrl, issuer: app.idp.issuer, maxAgeMs: 600_000, cooldownMs: 30_000, log: app.deps.log });
 }
 
 /** `me` with this `Authorization` header and these deps: the whole path a request takes. */

@@ -27,6 +27,7 @@ async function serverTrustingNewProvider(settings: { cooldownMs?: number; maxAge
   idp = await startIdentityProvider();
   const keySet = createRemoteKeySet({
     jwksUrl: idp.jwksUrl,
+    issuer: idp.issuer,
     cooldownMs: COOLDOWN_MS,
     maxAgeMs: MAX_AGE_MS,
     log: app.deps.log,
@@ -127,6 +128,18 @@ describe('an unknown-kid flood', () => {
     const attacker = await createSigningKey();
     const old = await idp.mintToken({ signWith: attacker, kid: randomUUID(), claims: { iat: Math.floor(Date.now() / 1000) - 60 } });
     await expectTRPCError(me(deps, old), 'UNAUTHORIZED');
+    expect(idp.keySetFetches).toBe(1);
+  });
+
+  it.each([
+    ['of another issuer', { iss: 'https://elsewhere.example' }],
+    ['expired', { exp: Math.floor(Date.now() / 1000) - 60 }],
+    ['without iat', { iat: undefined }],
+  ])('answers 401 within the cooldown to an unknown kid on a token %s: only a current token of ours may retry', async (_, claims) => {
+    const deps = await serverTrustingNewProvider({ cooldownMs: 60_000 });
+    await me(deps, await idp.mintToken());
+    const attacker = await createSigningKey();
+    await expectTRPCError(me(deps, await idp.mintToken({ signWith: attacker, kid: randomUUID(), claims })), 'UNAUTHORIZED');
     expect(idp.keySetFetches).toBe(1);
   });
 

@@ -17,7 +17,7 @@ afterEach(() => {
 function verifierWith(options: { cacheEntries?: number; cacheMaxBytes?: number } = {}) {
   const accepted: string[] = [];
   const verify = createAccessTokenVerifier({
-    keySet: createRemoteKeySet({ jwksUrl: app.idp.jwksUrl, maxAgeMs: 600_000, cooldownMs: 30_000, log: app.deps.log }),
+    keySet: createRemoteKeySet({ jwksUrl: app.idp.jwksUrl, issuer: app.idp.issuer, maxAgeMs: 600_000, cooldownMs: 30_000, log: app.deps.log }),
     issuer: app.idp.issuer,
     audience: [app.idp.audience],
     onAccepted: (how) => accepted.push(how),

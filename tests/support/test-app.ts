@@ -30,7 +30,7 @@ export async function startTestApp(
     log,
     verifyAccessToken: createAccessTokenVerifier({
       // The production defaults (FRONTEGG_JWKS_MAX_AGE_SECONDS, FRONTEGG_JWKS_COOLDOWN_SECONDS).
-      keySet: createRemoteKeySet({ jwksUrl: idp.jwksUrl, maxAgeMs: 600_000, cooldownMs: 30_000, log }),
+      keySet: createRemoteKeySet({ jwksUrl: idp.jwksUrl, issuer: idp.issuer, maxAgeMs: 600_000, cooldownMs: 30_000, log }),
       issuer: idp.issuer,
       audience: [idp.audience],
     }),

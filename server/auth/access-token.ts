@@ -83,9 +83,12 @@ const identifier = (max: number) =>
     .max(max)
     .refine((value) => !unstorable.test(value));
 
+// Characters that reorder the text around them: a name could show as another in an admin's list.
+const bidiControl = /[\u202a-\u202e\u2066-\u2069]/;
+
 /**
- * A claim only shown to people (a name, an email, a picture): a person cannot always fix their own,
- * so it is cleaned rather than refused. Control characters go (tabs and line breaks become a
+ * A claim only shown to people (a name, a picture): a person cannot always fix their own, so it is
+ * cleaned rather than refused. Control and text-direction characters go (tabs and line breaks become a
  * space, and runs of spaces one), lone surrogates become U+FFFD, and what is left blank is `null`.
  */
 const displayText = (max: number) =>
@@ -95,12 +98,25 @@ const displayText = (max: number) =>
     .transform((value) => {
       const cleaned = value
         .replace(/[\t\n\r]+/g, ' ')
+        .replace(new RegExp(bidiControl, 'g'), '')
         .replace(/\p{Cc}/gu, '')
         .replace(/ {2,}/g, ' ')
         .replace(/\p{Surrogate}/gu, '\uFFFD')
         .trim();
       return cleaned === '' ? null : cleaned;
     });
+
+/**
+ * An email is an address, not only text to show: one that cleaning would change is some other
+ * address, so it is kept only as sent (trimmed), else dropped (`null`, and not verified).
+ */
+const emailAddress = z
+  .string()
+  .max(320)
+  .transform((value) => {
+    const trimmed = value.trim();
+    return trimmed === '' || unstorable.test(trimmed) || bidiControl.test(trimmed) || /\s/.test(trimmed) ? null : trimmed;
+  });
 
 /** A picture URL is kept only when it is an http(s) URL: a `javascript:` one would run where it is shown. */
 const pictureUrl = displayText(2048).transform((value) => {
@@ -115,7 +131,7 @@ const claimsSchema = z.object({
   sub: identifier(256),
   tenantId: identifier(256),
   type: z.string(),
-  email: displayText(320).nullish(),
+  email: emailAddress.nullish(),
   name: displayText(512).nullish(),
   profilePictureUrl: pictureUrl.nullish(),
   email_verified: z.boolean().nullish(),
@@ -219,7 +235,8 @@ function createUncachedVerifier(options: AccessTokenVerifierOptions) {
       email,
       name,
       avatarUrl: profilePictureUrl,
-      emailVerified: email_verified ?? undefined,
+      // A dropped email is not a verified one.
+      emailVerified: email === null && typeof payload.email === 'string' ? false : (email_verified ?? undefined),
       roles: Object.freeze([...(roles ?? [])]),
     });
     return { verified: Object.freeze({ identity, expiresAt: new Date(exp * 1000) }), ...used };

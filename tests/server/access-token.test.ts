@@ -357,10 +357,19 @@ describe('claims that PostgreSQL could not store as sent', () => {
   });
 
   it('stores display claims cleaned instead of answering 500: control characters out, broken text mended', async () => {
-    const payload = validPayload({ name: 'Ada\u0000 \nLovelace\ud800', email: 'ada\u0007@example.com', profilePictureUrl: 'https://cdn.example.com/a.png' });
+    const payload = validPayload({ name: 'Ada\u0000 \nLove\u202elace\ud800', email: ' ada@example.com ', profilePictureUrl: 'https://cdn.example.com/a.png' });
     const answer = await me(`Bearer ${signWithPublishedKey({ alg: 'RS256', kid: kid() }, payload)}`);
     expect(answer.user).toMatchObject({ name: 'Ada Lovelace\uFFFD', email: 'ada@example.com', avatarUrl: 'https://cdn.example.com/a.png' });
   });
+
+  it.each(['ada\u0007@example.com', 'ada\u202e@example.com', 'ada @example.com', 'ada\u0000@example.com'])(
+    'drops an email that cleaning would turn into another address (%j), and does not call it verified',
+    async (email) => {
+      const payload = validPayload({ email, email_verified: true });
+      const answer = await me(`Bearer ${signWithPublishedKey({ alg: 'RS256', kid: kid() }, payload)}`);
+      expect(answer.user).toMatchObject({ email: null, emailVerified: false });
+    },
+  );
 
   it.each(['javascript:alert(1)', 'data:text/html,<script>alert(1)</script>', 'not a url', '  '])(
     'stores no avatar for the picture URL %j',

@@ -177,7 +177,7 @@ function identityConfig(vars: z.infer<typeof envSchema>): IdentityConfig {
       const plain = [
         { variable: vars.FRONTEGG_JWKS_URL ? 'FRONTEGG_JWKS_URL' : 'FRONTEGG_BASE_URL', url: jwksUrl },
         { variable: vars.FRONTEGG_ISSUER ? 'FRONTEGG_ISSUER' : 'FRONTEGG_BASE_URL', url: issuer },
-      ].find(({ url }) => !url.startsWith('https://'));
+      ].find(({ url }) => !URL.canParse(url) || new URL(url).protocol !== 'https:');
       if (plain) {
         throw new ConfigError(`Invalid configuration: ${plain.variable} must be an https:// URL when NODE_ENV=production`);
       }

@@ -56,6 +56,11 @@ describe('loadConfig', () => {
     expect(config.identity).toMatchObject({ issuer: 'https://auth.example.com', jwksUrl: 'https://keys.example.com/jwks.json' });
   });
 
+  it('accepts https:// in any letter case in production', () => {
+    const config = loadConfig({ NODE_ENV: 'production', FRONTEGG_BASE_URL: 'HTTPS://app-abc.frontegg.com' });
+    expect(config.identity).toMatchObject({ mode: 'frontegg' });
+  });
+
   it('accepts http:// Frontegg URLs outside production (a local stand-in)', () => {
     expect(loadConfig({ FRONTEGG_BASE_URL: 'http://127.0.0.1:8080' }).identity).toMatchObject({ mode: 'frontegg' });
   });

@@ -9,8 +9,8 @@ export interface MemberCacheOptions {
   maxEntries: number;
   /** How long a provisioning counts as recent; 0 provisions on every request. */
   ttlMs: number;
-  /** The most memory the remembered rows may take, estimated: rows vary in size. */
-  maxBytes: number;
+  /** The most memory the remembered rows may take, estimated, as rows vary in size (default 16 MiB). */
+  maxBytes?: number;
 }
 
 export const DEFAULT_MEMBER_CACHE = {
@@ -35,7 +35,7 @@ export function createMemberCache({
   maxEntries,
   ttlMs,
   maxBytes = DEFAULT_MEMBER_CACHE.maxBytes,
-}: Omit<MemberCacheOptions, 'maxBytes'> & { maxBytes?: number } = DEFAULT_MEMBER_CACHE) {
+}: MemberCacheOptions = DEFAULT_MEMBER_CACHE) {
   const remembered =
     maxEntries > 0 && ttlMs > 0
       ? new LRUCache<string, { claims: IdentityClaims; member: Member }>({
@@ -88,7 +88,8 @@ export function createMemberCache({
 
 export type MemberCache = ReturnType<typeof createMemberCache>;
 
-const personKey = (identity: IdentityClaims) => `${identity.tenantId}\u0000${identity.userId}`;
+/** One person in one organization: the unit the caches and per-person limits count. Ids hold no NUL. */
+export const personKey = (identity: IdentityClaims) => `${identity.tenantId}\u0000${identity.userId}`;
 
 /**
  * Whether two identities carry the same values for everything provisioning writes. An absent

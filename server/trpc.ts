@@ -6,7 +6,7 @@ import { type IdentityClaims, provisionIdentity } from '../db/provisioning.js';
 import { AccessTokenError } from './auth/access-token.js';
 import type { Context } from './context.js';
 import { withDeadline } from './deadline.js';
-import type { Member } from './member-cache.js';
+import { type Member, personKey } from './member-cache.js';
 
 /** What a procedure declares about itself with `.meta()`. */
 export interface ProcedureMeta {
@@ -92,7 +92,7 @@ const provisionCaller = t.middleware(function provisionCaller({ ctx, meta, next 
   if (ctx.auth.status !== 'verified') throw ctx.auth.error;
   const { identity } = ctx.auth;
   // Counted before any database work, so a flood of one person's calls provisions nothing either.
-  const leave = meta?.heavy ? ctx.heavyCalls.enter(`${identity.tenantId}\u0000${identity.userId}`) : noop;
+  const leave = meta?.heavy ? ctx.heavyCalls.enter(personKey(identity)) : noop;
   if (!leave) {
     throw new TRPCError({ code: 'TOO_MANY_REQUESTS', message: 'You have too many requests in progress; try again shortly' });
   }

@@ -85,6 +85,7 @@ const identifier = (max: number) =>
 
 // Characters that reorder the text around them: a name could show as another in an admin's list.
 const bidiControl = /[\u202a-\u202e\u2066-\u2069]/;
+const bidiControls = new RegExp(bidiControl, 'g');
 
 /**
  * A claim only shown to people (a name, a picture): a person cannot always fix their own, so it is
@@ -98,7 +99,7 @@ const displayText = (max: number) =>
     .transform((value) => {
       const cleaned = value
         .replace(/[\t\n\r]+/g, ' ')
-        .replace(new RegExp(bidiControl, 'g'), '')
+        .replace(bidiControls, '')
         .replace(/\p{Cc}/gu, '')
         .replace(/ {2,}/g, ' ')
         .replace(/\p{Surrogate}/gu, '\uFFFD')

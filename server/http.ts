@@ -1,7 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import http from 'node:http';
+import type { TRPCError } from '@trpc/server';
 import { getHTTPStatusCodeFromError } from '@trpc/server/http';
 import { createHTTPHandler } from '@trpc/server/adapters/standalone';
+import { ZodError } from 'zod';
+import { AccessTokenError } from './auth/access-token.js';
 import { MAX_BATCH_SIZE, MAX_BODY_BYTES } from '../client/limits.js';
 import { type ServerDeps, createRequestContext } from './context.js';
 import { withDeadline } from './deadline.js';
@@ -44,7 +47,7 @@ export function createHttpServer(deps: HttpServerDeps): http.Server {
       const log = ctx?.log ?? requestLog(req);
       const status = getHTTPStatusCodeFromError(error);
       if (status >= 500) log.error({ err: error.cause ?? error, path, code: error.code, status }, 'Request failed');
-      else log.info({ path, code: error.code, status, message: error.message }, 'Request refused');
+      else log.info({ path, code: error.code, status, ...refusal(error) }, 'Request refused');
     },
   });
 
@@ -81,6 +84,16 @@ export function createHttpServer(deps: HttpServerDeps): http.Server {
   server.timeout = deps.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
   server.maxConnections = deps.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
   return server;
+}
+
+/**
+ * What the log says of a refusal: the message of one we made, the fields of invalid input, and
+ * nothing of what a parser said (its message can quote the request: bad JSON, a message's text).
+ */
+function refusal(error: TRPCError): { message?: string; invalidFields?: string[] } {
+  if (error.cause === undefined || error.cause instanceof AccessTokenError) return { message: error.message };
+  if (error.cause instanceof ZodError) return { invalidFields: error.cause.issues.map((issue) => issue.path.join('.')) };
+  return {};
 }
 
 function sendJson(res: http.ServerResponse, status: number, body: unknown) {

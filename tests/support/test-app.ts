@@ -1,13 +1,14 @@
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
-import { pino } from 'pino';
 import { createApiClient } from '../../client/index.js';
+import type { DatabaseHandle } from '../../db/database.js';
 import { createAccessTokenVerifier } from '../../server/auth/access-token.js';
 import { createRemoteKeySet } from '../../server/auth/key-set.js';
 import { type ServerDeps, authenticate, createInnerContext } from '../../server/context.js';
 import { createSharedCursorCodec } from '../../server/cursor.js';
 import { type HttpServerDeps, createHttpServer } from '../../server/http.js';
 import { DEFAULT_HEAVY_CALLS_PER_PERSON, createInFlightLimit } from '../../server/in-flight-limit.js';
+import { createLogger } from '../../server/logger.js';
 import { type MemberCache, createMemberCache } from '../../server/member-cache.js';
 import { createCaller } from '../../server/root.js';
 import { openTestDatabase } from './database.js';
@@ -19,12 +20,19 @@ import { startIdentityProvider } from './identity-provider.js';
  * hears every statement sent (see `DatabaseObserver`); `members` replaces the member cache.
  */
 export async function startTestApp(
-  options: { onStatement?: (text: string) => void; members?: MemberCache; heavyCallsPerPerson?: number } = {},
+  options: {
+    onStatement?: (text: string) => void;
+    members?: MemberCache;
+    heavyCallsPerPerson?: number;
+    /** A migrated database to use instead of this run's (closed with the app). */
+    database?: DatabaseHandle;
+  } = {},
 ) {
-  const database = await openTestDatabase({ onStatement: options.onStatement });
+  const database = options.database ?? (await openTestDatabase({ onStatement: options.onStatement }));
   const idp = await startIdentityProvider();
   const logs: Record<string, unknown>[] = [];
-  const log = pino({ level: 'debug' }, { write: (line: string) => void logs.push(JSON.parse(line)) });
+  // The server's own logger (its redaction and error serializer), writing into `logs`.
+  const log = createLogger({ level: 'debug', destination: { write: (line: string) => void logs.push(JSON.parse(line)) } });
   const deps: ServerDeps = {
     db: database.db,
     log,

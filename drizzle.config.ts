@@ -1,8 +1,10 @@
 import { defineConfig } from 'drizzle-kit';
 import { claimPgliteDataDir } from './db/pglite-data-dir.js';
 
-// Same rule as the server: DATABASE_URL when set, the embedded PGlite otherwise.
-const databaseUrl = process.env.DATABASE_URL;
+// Same rule as the server: DATABASE_URL when set, the embedded PGlite otherwise. Migrations take
+// a session lock, so they go to DATABASE_DIRECT_URL when there is one (behind a
+// transaction-mode pooler).
+const databaseUrl = process.env.DATABASE_DIRECT_URL || process.env.DATABASE_URL;
 const pgliteDataDir = process.env.PGLITE_DATA_DIR ?? '.data/pglite';
 
 // The commands that open the database (not `generate`, which compares the schema with the

@@ -45,9 +45,24 @@ export type DatabaseTarget =
        * (`lock_timeout`), so callers queueing on one person's rows cannot hold the pool.
        */
       lockTimeoutMs?: number;
+      /**
+       * `transaction`: `url` is a transaction-mode pooler (PgBouncer, Supavisor, Neon's pooled
+       * URL, RDS Proxy), which gives a server connection for one transaction at a time. Then no
+       * statement is prepared by name, every statement runs in a transaction of its own that first
+       * sets the timeouts with `SET LOCAL`, and `directUrl` is required. `session` (default): a
+       * direct connection or a session-mode pooler, with timeouts as connection parameters.
+       */
+      poolMode?: PoolMode;
+      /**
+       * A connection that keeps its session (direct, or a session-mode pooler) to the same
+       * database, for what needs one: migrations, which hold an advisory lock. Default: `url`.
+       */
+      directUrl?: string;
     }
   /** `dataDir` undefined keeps the database in memory (tests). */
   | { kind: 'pglite'; dataDir?: string };
+
+export type PoolMode = 'session' | 'transaction';
 
 const migrationsFolder = fileURLToPath(new URL('./migrations', import.meta.url));
 
@@ -70,6 +85,8 @@ export function openDatabase(target: DatabaseTarget, observer: DatabaseObserver 
 function openPostgres(
   {
     url,
+    directUrl = url,
+    poolMode = 'session',
     poolSize = 10,
     connectTimeoutSeconds = 5,
     statementTimeoutMs = 5_000,
@@ -77,9 +94,16 @@ function openPostgres(
   }: Extract<DatabaseTarget, { kind: 'postgres' }>,
   { onStatement }: DatabaseObserver,
 ): DatabaseHandle {
+  const timeouts = {
+    statement_timeout: statementTimeoutMs,
+    lock_timeout: lockTimeoutMs,
+    // A transaction whose client went away must not hold its locks for long.
+    idle_in_transaction_session_timeout: statementTimeoutMs * 2,
+  };
   // A live server answers every statement within statement_timeout (a result or an error), so
   // a connection silent for longer than that is lost, not busy.
   const silenceMs = statementTimeoutMs + 5_000;
+  const transactionMode = poolMode === 'transaction';
   // `socket` is documented in postgres.js's README but missing from its types, so the options go
   // in as a variable (no excess-property check) rather than a literal.
   const options = {
@@ -95,23 +119,29 @@ function openPostgres(
     // handles: a connection dropped during that lookup crashed the process (an unhandled
     // rejection). The schema has no PostgreSQL arrays, so there is nothing to look up.
     fetch_types: false,
+    // A statement prepared by name lives on one server connection, which a transaction-mode
+    // pooler does not keep for the next transaction. Unnamed, each statement is parsed afresh.
+    prepare: !transactionMode,
     onnotice: () => {},
     connection: {
       application_name: 'frontegg-trpc-chat',
-      statement_timeout: statementTimeoutMs,
-      lock_timeout: lockTimeoutMs,
-      // A transaction whose client went away must not hold its locks for long.
-      idle_in_transaction_session_timeout: statementTimeoutMs * 2,
+      // A pooler drops (PgBouncer: refuses, unless told to ignore) startup parameters other than
+      // a few it tracks, and would not keep them for the next transaction's server connection.
+      ...(!transactionMode && timeouts),
     },
   };
   const client = postgres(url, options);
-  const db = drizzlePostgres(client, { schema, logger: statementLogger(onStatement) });
+  const db = drizzlePostgres(transactionMode ? everyStatementInTransaction(client, timeouts) : client, {
+    schema,
+    logger: statementLogger(onStatement),
+  });
   return {
     db,
     kind: 'postgres',
     async migrate() {
-      // A session-level advisory lock needs one connection for lock, migrations and unlock.
-      const lockClient = postgres(url, { max: 1, connect_timeout: 5, onnotice: () => {} });
+      // A session-level advisory lock needs one connection for lock, migrations and unlock: a
+      // direct one, as a transaction-mode pooler would hand each statement to any server connection.
+      const lockClient = postgres(directUrl, { max: 1, connect_timeout: 5, onnotice: () => {} });
       try {
         await lockClient`select pg_advisory_lock(${MIGRATION_LOCK_ID})`;
         await migratePostgres(drizzlePostgres(lockClient), { migrationsFolder });
@@ -125,6 +155,77 @@ function openPostgres(
       await client.end({ timeout: 5 });
     },
   };
+}
+
+/**
+ * `client` as Drizzle sees it behind a transaction-mode pooler: every statement Drizzle sends
+ * outside a transaction runs in one of its own, and every transaction starts by setting the
+ * timeouts for itself (`set_config(name, value, true)` is `SET LOCAL`), which the pooler keeps,
+ * as it keeps the server connection, until the transaction ends.
+ *
+ * The transaction is also what makes postgres.js safe here. Without one, it would send a
+ * statement on a connection still waiting for the answer to the one before (pipelining), and a
+ * statement with parameters as Parse/Describe, then Bind/Execute once the parameter types are
+ * known; a transaction-mode pooler may hand each part to a different server connection, whose
+ * unnamed statement is some other client's ("bind message supplies 5 parameters, but prepared
+ * statement "" requires 3"). In a transaction the pooler keeps one server connection, and
+ * postgres.js sends nothing else on that client connection until it ends.
+ *
+ * The cost: `begin`, the settings and `commit` around each statement outside a transaction,
+ * three round trips instead of one or two (`npm run bench` measures it).
+ */
+function everyStatementInTransaction(client: postgres.Sql, timeouts: Record<string, number>): postgres.Sql {
+  // Whole numbers from the configuration, not input: written into the statement, which then has
+  // no parameters and goes out with the transaction's first statement without a round trip of its own.
+  const setTimeouts = `select ${Object.entries(timeouts)
+    .map(([name, value]) => `set_config('${name}', '${Math.trunc(value)}', true)`)
+    .join(', ')}`;
+
+  function begin<T>(fn: (tx: postgres.TransactionSql) => T | Promise<T>) {
+    return client.begin((tx) => {
+      // Sent now, ahead of the transaction's first statement; a failure aborts the transaction, and
+      // postgres.js fails the transaction with it.
+      void tx.unsafe(setTimeouts).execute();
+      return fn(tx);
+    });
+  }
+
+  /** Drizzle's one way in outside a transaction: `await client.unsafe(...)` or `.values()` on it. */
+  function unsafe(query: string, parameters?: postgres.ParameterOrJSON<never>[], queryOptions?: postgres.UnsafeQueryOptions) {
+    const run = (values: boolean) =>
+      begin((tx) => {
+        const statement = tx.unsafe(query, parameters, queryOptions);
+        return values ? statement.values() : statement;
+      });
+    return {
+      values: () => run(true),
+      then: <A, B>(onfulfilled?: (rows: unknown) => A, onrejected?: (error: unknown) => B) =>
+        run(false).then(onfulfilled, onrejected),
+    };
+  }
+
+  return new Proxy(client, {
+    apply() {
+      throw new Error('Tagged statements bypass the per-statement transaction: go through Drizzle');
+    },
+    get(target, key, receiver) {
+      if (key === 'begin') {
+        return (...args: [unknown, unknown?]) => {
+          if (args.length !== 1 || typeof args[0] !== 'function') {
+            throw new Error('begin(options, fn) is not supported behind a transaction-mode pooler');
+          }
+          return begin(args[0] as (tx: postgres.TransactionSql) => unknown);
+        };
+      }
+      if (key === 'unsafe') return unsafe;
+      if (key === 'reserve' || key === 'listen' || key === 'subscribe') {
+        return () => {
+          throw new Error(`${String(key)}() needs a session: use DATABASE_DIRECT_URL, not a transaction-mode pooler`);
+        };
+      }
+      return Reflect.get(target, key, receiver);
+    },
+  });
 }
 
 function openPglite(dataDir: string | undefined, { onStatement }: DatabaseObserver): DatabaseHandle {

@@ -22,16 +22,18 @@ function wholeNumber(fallback: number, min: number, max: number) {
     .pipe(z.coerce.number<string>({ error: message }).int({ error: message }).min(min, { error: message }).max(max, { error: message }));
 }
 
+const postgresUrl = z.url({ protocol: /^postgres(ql)?$/, error: 'must be a postgres:// or postgresql:// URL' });
+
 export const DEFAULT_IDLE_TIMEOUT_MS = 30_000;
 export const DEFAULT_MAX_CONNECTIONS = 10_000;
 
 const envSchema = z.object({
   NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-  DATABASE_URL: optionalString.pipe(
-    z
-      .url({ protocol: /^postgres(ql)?$/, error: 'must be a postgres:// or postgresql:// URL' })
-      .optional(),
+  DATABASE_URL: optionalString.pipe(postgresUrl.optional()),
+  DATABASE_DIRECT_URL: optionalString.pipe(postgresUrl.optional()),
+  DATABASE_POOL_MODE: optionalString.default('session').pipe(
+    z.enum(['session', 'transaction'], { error: 'must be session or transaction' }),
   ),
   PGLITE_DATA_DIR: optionalString.default('.data/pglite'),
   LOCAL_IDENTITY_KEY_FILE: optionalString.default('.data/local-identity/signing-key.json'),
@@ -122,16 +124,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   return {
     nodeEnv: vars.NODE_ENV,
     logLevel: vars.LOG_LEVEL,
-    database: vars.DATABASE_URL
-      ? {
-          kind: 'postgres',
-          url: vars.DATABASE_URL,
-          poolSize: vars.DATABASE_POOL_SIZE,
-          connectTimeoutSeconds: vars.DATABASE_CONNECT_TIMEOUT_SECONDS,
-          statementTimeoutMs: vars.DATABASE_STATEMENT_TIMEOUT_MS,
-          lockTimeoutMs: vars.DATABASE_LOCK_TIMEOUT_MS,
-        }
-      : { kind: 'pglite', dataDir: vars.PGLITE_DATA_DIR },
+    database: databaseTarget(vars),
     identity: identityConfig(vars),
     procedureTimeoutMs: vars.PROCEDURE_TIMEOUT_MS,
     tokenCacheEntries: vars.TOKEN_CACHE_MAX_ENTRIES,
@@ -164,6 +157,36 @@ export function loadLocalIdentityConfig(
     );
   }
   return { ...config, identity };
+}
+
+function databaseTarget(vars: z.infer<typeof envSchema>): DatabaseTarget {
+  if (!vars.DATABASE_URL) {
+    const needsUrl = vars.DATABASE_DIRECT_URL
+      ? 'DATABASE_DIRECT_URL'
+      : vars.DATABASE_POOL_MODE === 'transaction'
+        ? 'DATABASE_POOL_MODE=transaction'
+        : undefined;
+    if (needsUrl) {
+      throw new ConfigError(`Invalid configuration: ${needsUrl} needs DATABASE_URL (without it the server runs on the embedded PGlite)`);
+    }
+    return { kind: 'pglite', dataDir: vars.PGLITE_DATA_DIR };
+  }
+  if (vars.DATABASE_POOL_MODE === 'transaction' && !vars.DATABASE_DIRECT_URL) {
+    // Found now rather than at the first migration or the first LISTEN, which would fail or hang.
+    throw new ConfigError(
+      'Invalid configuration: DATABASE_DIRECT_URL is required when DATABASE_POOL_MODE=transaction: migrations take a session lock, which a transaction-mode pooler does not keep; set it to a direct (or session-mode) URL of the same database',
+    );
+  }
+  return {
+    kind: 'postgres',
+    url: vars.DATABASE_URL,
+    directUrl: vars.DATABASE_DIRECT_URL,
+    poolMode: vars.DATABASE_POOL_MODE,
+    poolSize: vars.DATABASE_POOL_SIZE,
+    connectTimeoutSeconds: vars.DATABASE_CONNECT_TIMEOUT_SECONDS,
+    statementTimeoutMs: vars.DATABASE_STATEMENT_TIMEOUT_MS,
+    lockTimeoutMs: vars.DATABASE_LOCK_TIMEOUT_MS,
+  };
 }
 
 function identityConfig(vars: z.infer<typeof envSchema>): IdentityConfig {

@@ -38,6 +38,7 @@ describe('loadConfig', () => {
     expect(config.database).toEqual({
       kind: 'postgres',
       url: 'postgres://app@db.internal:5432/chat',
+      poolMode: 'session',
       poolSize: 10,
       connectTimeoutSeconds: 5,
       statementTimeoutMs: 5_000,
@@ -63,6 +64,30 @@ describe('loadConfig', () => {
 
   it('accepts http:// Frontegg URLs outside production (a local stand-in)', () => {
     expect(loadConfig({ FRONTEGG_BASE_URL: 'http://127.0.0.1:8080' }).identity).toMatchObject({ mode: 'frontegg' });
+  });
+
+  it('takes a transaction-mode pooler only with a direct URL beside it, and says so in one line', () => {
+    const pooled = 'postgres://app@pooler.internal:6432/chat';
+    const direct = 'postgres://app@db.internal:5432/chat';
+    expect(loadConfig({ DATABASE_URL: pooled, DATABASE_POOL_MODE: 'transaction', DATABASE_DIRECT_URL: direct }).database).toMatchObject({
+      kind: 'postgres',
+      url: pooled,
+      directUrl: direct,
+      poolMode: 'transaction',
+    });
+    expect(() => loadConfig({ DATABASE_URL: pooled, DATABASE_POOL_MODE: 'transaction' })).toThrow(
+      /^Invalid configuration: DATABASE_DIRECT_URL is required when DATABASE_POOL_MODE=transaction: [^\n]+$/,
+    );
+    // A session-mode URL is its own direct URL.
+    expect(loadConfig({ DATABASE_URL: direct }).database).toMatchObject({ poolMode: 'session', directUrl: undefined });
+    expect(() => loadConfig({ DATABASE_URL: pooled, DATABASE_POOL_MODE: 'statement' })).toThrow(
+      'Invalid configuration: DATABASE_POOL_MODE must be session or transaction',
+    );
+    expect(() => loadConfig({ DATABASE_DIRECT_URL: direct })).toThrow(/DATABASE_DIRECT_URL needs DATABASE_URL/);
+    expect(() => loadConfig({ DATABASE_POOL_MODE: 'transaction' })).toThrow(/DATABASE_POOL_MODE=transaction needs DATABASE_URL/);
+    expect(() => loadConfig({ DATABASE_URL: pooled, DATABASE_DIRECT_URL: 'http://db' })).toThrow(
+      'Invalid configuration: DATABASE_DIRECT_URL must be a postgres:// or postgresql:// URL',
+    );
   });
 
   it('reads the limits on heavy calls, idle connections and open connections', () => {

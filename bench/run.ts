@@ -24,6 +24,7 @@ import type { HeapReport } from './heap.js';
 import type { LoadRequest, LoadResult } from './load.js';
 import { type Counters, type ServerMessage, type ServerReport, newCounters } from './protocol.js';
 import { type StatementCounts, openStatementCounter } from './statements.js';
+import { type PgBouncer, findPgBouncer, startPgBouncer } from '../tests/support/pgbouncer.js';
 import { type BenchUser, newUsers, tokenFor } from './tokens.js';
 import { startWorker } from './worker.js';
 
@@ -39,10 +40,16 @@ const PATH = '/trpc/chat.getActiveSession';
 const HEAP_GROWTH_LIMIT_MB = 40;
 
 type Kind = 'floor' | 'seed' | 'ours';
+/**
+ * The servers compared: `ours` as configured by default; `transaction` is ours with
+ * DATABASE_POOL_MODE=transaction on the same direct connection (the setting's own cost), and
+ * `pgbouncer` the same behind a real PgBouncer in transaction mode (the setting and the pooler).
+ */
+type Name = Kind | 'transaction' | 'pgbouncer';
 
 interface Row {
   scenario: string;
-  kind: Kind;
+  name: Name;
   /** The run reported: the median round. */
   load: LoadResult;
   /**
@@ -84,7 +91,7 @@ async function benchDatabaseServer(): Promise<{ url: string; source: string } | 
 }
 
 /** The environment `npm start` reads, for a server of this run. */
-function serverEnv(name: string): NodeJS.ProcessEnv {
+function serverEnv(name: string, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {
     ...process.env,
     PORT: '0',
@@ -94,6 +101,7 @@ function serverEnv(name: string): NodeJS.ProcessEnv {
     LOCAL_IDENTITY_KEY_FILE: keyFile,
     PGLITE_DATA_DIR: join(work, name),
     DATABASE_URL: database?.url ?? '',
+    ...extra,
   };
   for (const variable of Object.keys(env)) if (variable.startsWith('FRONTEGG_')) delete env[variable];
   return env;
@@ -109,12 +117,13 @@ function spawn(script: string, args: string[], env: NodeJS.ProcessEnv, execArgv:
   return child;
 }
 
-async function startServer(kind: Kind) {
-  const child = spawn('./server.ts', [kind], serverEnv(kind));
+async function startServer(name: Name, extra: NodeJS.ProcessEnv = {}) {
+  const kind: Kind = name === 'transaction' || name === 'pgbouncer' ? 'ours' : name;
+  const child = spawn('./server.ts', [kind], serverEnv(name, extra));
   const [report] = (await once(child, 'message')) as [ServerReport];
-  if (!('url' in report)) throw new Error(`the ${kind} server did not start`);
+  if (!('url' in report)) throw new Error(`the ${name} server did not start`);
   return {
-    kind,
+    name,
     url: report.url,
     async counters(): Promise<Counters> {
       const answer = once(child, 'message');
@@ -172,7 +181,7 @@ async function compare(scenario: string, contenders: { server: Server; tokens: s
     const all = rounds[index]!;
     const row: Row = {
       scenario,
-      kind: server.kind,
+      name: server.name,
       load: byRate[Math.floor(byRate.length / 2)]!,
       statements: statements[index],
       counters: counters[index]!,
@@ -202,7 +211,7 @@ async function firstLogins(scenario: string, server: Server, tokens: string[]): 
   });
   const row = {
     scenario,
-    kind: server.kind,
+    name: server.name,
     load: result,
     statements: counts,
     counters: await server.counters(),
@@ -213,8 +222,32 @@ async function firstLogins(scenario: string, server: Server, tokens: string[]): 
   return row;
 }
 
+let bouncer: PgBouncer | undefined;
+
+/**
+ * Ours with DATABASE_POOL_MODE=transaction: on the same direct connection as `ours`, and behind a
+ * real PgBouncer in transaction mode when one is installed. Migrations go to the direct URL.
+ */
+async function startPooledServers(databaseUrl: string): Promise<Server[]> {
+  const transactionMode = { DATABASE_POOL_MODE: 'transaction', DATABASE_DIRECT_URL: databaseUrl };
+  const servers = [await startServer('transaction', { ...transactionMode, DATABASE_URL: databaseUrl })];
+  const binary = findPgBouncer();
+  if (binary) {
+    // As many server connections as the server's own pool holds (DATABASE_POOL_SIZE, 10).
+    bouncer = await startPgBouncer(binary, { upstreamUrl: databaseUrl, poolMode: 'transaction', poolSize: 10 });
+    servers.push(await startServer('pgbouncer', { ...transactionMode, DATABASE_URL: bouncer.urlFor(databaseUrl) }));
+  }
+  return servers;
+}
+
+async function sequentially<T>(steps: (() => Promise<T>)[]): Promise<T[]> {
+  const results: T[] = [];
+  for (const step of steps) results.push(await step());
+  return results;
+}
+
 function progress(row: Row) {
-  process.stderr.write(`  ${row.scenario}, ${row.kind}: ${Math.round(row.load.perSecond)} requests/s\n`);
+  process.stderr.write(`  ${row.scenario}, ${row.name}: ${Math.round(row.load.perSecond)} requests/s\n`);
 }
 
 async function heapRun(): Promise<HeapReport> {
@@ -232,7 +265,9 @@ try {
     : 'embedded PGlite, in this process tree: the targets are for PostgreSQL, set DATABASE_URL';
   process.stderr.write(`Benchmarking on ${cores} cores (${cpu}), Node ${process.version}, ${databaseLabel}\n`);
 
-  const [floor, seed, ours] = await Promise.all((['floor', 'seed', 'ours'] as const).map(startServer));
+  const [floor, seed, ours] = await Promise.all((['floor', 'seed', 'ours'] as const).map((name) => startServer(name)));
+  // DATABASE_POOL_MODE=transaction needs PostgreSQL; behind PgBouncer when it is installed.
+  const pooled = database ? await startPooledServers(database.url) : [];
   const [seedOne, oursOne] = [newUsers(1, 1), newUsers(1, 1)];
   const [seedMany, oursMany] = [newUsers(MANY_USERS, 20), newUsers(MANY_USERS, 20)];
   const [seedFirst, oursFirst] = [newUsers(FIRST_LOGINS, 20), newUsers(FIRST_LOGINS, 20)];
@@ -243,6 +278,7 @@ try {
     oursMany: await mint(oursMany),
     seedFirst: await mint(seedFirst),
     oursFirst: await mint(oursFirst),
+    pooledFirst: await Promise.all(pooled.map(() => mint(newUsers(FIRST_LOGINS, 20)))),
   };
 
   const rows = [
@@ -250,18 +286,23 @@ try {
       { server: floor!, tokens: tokens.oursOne },
       { server: ours!, tokens: tokens.oursOne },
       { server: seed!, tokens: tokens.seedOne },
+      ...pooled.map((server) => ({ server, tokens: tokens.oursOne })),
     ])),
     ...(await compare(`${MANY_USERS} users`, [
       { server: seed!, tokens: tokens.seedMany },
       { server: ours!, tokens: tokens.oursMany },
+      ...pooled.map((server) => ({ server, tokens: tokens.oursMany })),
     ])),
     await firstLogins(`${FIRST_LOGINS} first logins`, seed!, tokens.seedFirst),
     await firstLogins(`${FIRST_LOGINS} first logins`, ours!, tokens.oursFirst),
+    ...(await sequentially(pooled.map((server, index) => () =>
+      firstLogins(`${FIRST_LOGINS} first logins`, server, tokens.pooledFirst[index]!),
+    ))),
   ];
   const heap = await heapRun();
 
-  const rate = (scenario: string, kind: Kind) =>
-    rows.find((row) => row.scenario.startsWith(scenario) && row.kind === kind)?.load.perSecond ?? Number.NaN;
+  const rate = (scenario: string, name: Name) =>
+    rows.find((row) => row.scenario.startsWith(scenario) && row.name === name)?.load.perSecond ?? Number.NaN;
   printReport({
     cores,
     cpu,
@@ -271,6 +312,11 @@ try {
     seconds: (performance.now() - started) / 1000,
     rate,
     statementsUnavailable: statementCounter.unavailable,
+    poolerNote: !database
+      ? 'DATABASE_POOL_MODE=transaction is not measured: it needs PostgreSQL.'
+      : !bouncer
+        ? 'Not measured behind PgBouncer: no pgbouncer binary (apt-get install pgbouncer).'
+        : undefined,
   });
   if (rows.some((row) => row.failures > 0)) {
     process.stderr.write('Some requests failed (see the failures column): the figures above are not comparable.\n');
@@ -278,6 +324,7 @@ try {
   }
 } finally {
   for (const child of children) child.kill();
+  await bouncer?.close();
   await statementCounter.close();
   await database?.drop();
   await rm(work, { recursive: true, force: true });
@@ -290,18 +337,26 @@ function printReport(report: {
   rows: Row[];
   heap: HeapReport;
   seconds: number;
-  rate: (scenario: string, kind: Kind) => number;
+  rate: (scenario: string, name: Name) => number;
+  /** Why the transaction-mode rows are missing, or run without PgBouncer. */
+  poolerNote: string | undefined;
   /** Why statements/req and transactions/req read n/a, when they do. */
   statementsUnavailable: string | undefined;
 }) {
   const { rows, heap, rate } = report;
-  const names: Record<Kind, string> = { floor: 'bare tRPC, a constant', seed: 'seed design', ours: 'this server' };
+  const names: Record<Name, string> = {
+    floor: 'bare tRPC, a constant',
+    seed: 'seed design',
+    ours: 'this server',
+    transaction: 'this server, transaction mode',
+    pgbouncer: 'this server via PgBouncer',
+  };
   const perRequest = (value: number | undefined, row: Row) => (value === undefined ? 'n/a' : (value / row.requests).toFixed(2));
   const table = [
     ['scenario', 'server', 'requests/s', 'p50 ms', 'p99 ms', 'statements/req', 'transactions/req', 'RS256 checks/req', 'failures'],
     ...rows.map((row) => [
       row.scenario,
-      names[row.kind],
+      names[row.name],
       Math.round(row.load.perSecond).toString(),
       row.load.p50Ms.toFixed(1),
       row.load.p99Ms.toFixed(1),
@@ -332,6 +387,15 @@ function printReport(report: {
     `this server, 1 user / bare tRPC:            ${ratio(rate('1 user', 'ours'), rate('1 user', 'floor'))}  (target >= 0.6x)`,
     `this server / seed design, ${MANY_USERS} users:      ${ratio(rate(`${MANY_USERS} users`, 'ours'), rate(`${MANY_USERS} users`, 'seed'))}  (target >= 2x)`,
     `this server / seed design, first logins:   ${ratio(rate(`${FIRST_LOGINS} first`, 'ours'), rate(`${FIRST_LOGINS} first`, 'seed'))}`,
+    ...(['transaction', 'pgbouncer'] as const)
+      .filter((name) => rows.some((row) => row.name === name))
+      .map(
+        (name) =>
+          `${names[name]} / this server: ${['1 user', `${MANY_USERS} users`, `${FIRST_LOGINS} first`]
+            .map((scenario) => `${ratio(rate(scenario, name), rate(scenario, 'ours'))} (${scenario.replace(' first', ' first logins')})`)
+            .join(', ')}`,
+      ),
+    ...(report.poolerNote ? [report.poolerNote] : []),
     '',
     `Heap after ${heap.tokens.toLocaleString('en')} distinct tokens of ${heap.people.toLocaleString('en')} people (verifier and member cache as npm start configures them): ` +
       `${heap.heapAfterMb.toFixed(1)} MB, from ${heap.heapBeforeMb.toFixed(1)} MB before (+${(heap.heapAfterMb - heap.heapBeforeMb).toFixed(1)} MB, limit +${HEAP_GROWTH_LIMIT_MB} MB); ` +

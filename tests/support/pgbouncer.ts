@@ -4,6 +4,7 @@ import { chownSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { onLoopbackPort } from './tcp-proxy.js';
 
 /** Where `apt-get install pgbouncer` puts it, else whatever `pgbouncer` is on the PATH. */
 export function findPgBouncer(): string | undefined {
@@ -113,12 +114,7 @@ export async function startPgBouncer(
   await start();
   return {
     port,
-    urlFor(url: string) {
-      const proxied = new URL(url);
-      proxied.hostname = '127.0.0.1';
-      proxied.port = String(port);
-      return proxied.toString();
-    },
+    urlFor: (url: string) => onLoopbackPort(url, port),
     async restart({ downForMs = 0 } = {}) {
       await stop();
       if (downForMs) await new Promise((resolve) => setTimeout(resolve, downForMs));

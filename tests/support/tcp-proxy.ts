@@ -9,6 +9,14 @@ import net from 'node:net';
  */
 export type ProxyState = 'up' | 'cut' | 'stall';
 
+/** `url` with its host and port replaced by 127.0.0.1 and `port`: a URL through a proxy or pooler. */
+export function onLoopbackPort(url: string, port: number): string {
+  const proxied = new URL(url);
+  proxied.hostname = '127.0.0.1';
+  proxied.port = String(port);
+  return proxied.toString();
+}
+
 /** A TCP proxy on loopback in front of `target`, for creating database outages in tests. */
 export async function startTcpProxy(target: { host: string; port: number }) {
   let state: ProxyState = 'up';
@@ -46,12 +54,7 @@ export async function startTcpProxy(target: { host: string; port: number }) {
     host: '127.0.0.1',
     port,
     /** `url` with its host and port replaced by the proxy's. */
-    urlFor(url: string) {
-      const proxied = new URL(url);
-      proxied.hostname = '127.0.0.1';
-      proxied.port = String(port);
-      return proxied.toString();
-    },
+    urlFor: (url: string) => onLoopbackPort(url, port),
     setState(next: ProxyState) {
       state = next;
       for (const connection of connections) applyState(connection);

@@ -66,9 +66,10 @@ function describe(error: unknown, depth: number): unknown {
     if (code.startsWith('22')) message = 'data exception (message withheld: it quotes the value)';
   }
   logged.message = message;
-  // A stack starts with the message: kept from the first frame on, after the message logged here.
-  const at = error.stack?.indexOf('\n    at ') ?? -1;
-  if (at !== -1) logged.stack = `${logged.type}: ${message}${error.stack!.slice(at)}`;
+  // A stack starts with the error's name and message, which may hold anything, over any number of
+  // lines: kept only when that header is found exactly, and then after the message logged here.
+  const header = `${error.name}: ${error.message}`;
+  if (error.stack?.startsWith(header)) logged.stack = `${logged.type}: ${message}${error.stack.slice(header.length)}`;
   if (error.cause !== undefined && depth < 8) logged.cause = describe(error.cause, depth + 1);
   return logged;
 }

@@ -363,7 +363,9 @@ describe('the log of a failed statement', () => {
   it('names the statement and the error code, never the text of the message sent', async () => {
     const client = http.clientFor(await app.idp.mintToken());
     const session = await client.chat.getActiveSession.query();
-    const content = `my private words ${randomUUID()}`;
+    // A pasted stack trace: a log that kept an error's stack "from its first frame on" took it for one.
+    const secret = randomUUID();
+    const content = `my private words:\n    at render (app.js:10) ${secret}`;
     const failure = { table: 'chat_messages', column: 'content', value: content, message: 'refused by the test' };
     const error = await whileInsertsFail(app.db, failure, () =>
       clientError(client.chat.sendMessage.mutate({ sessionId: session.id, content })),
@@ -376,7 +378,30 @@ describe('the log of a failed statement', () => {
     expect(logged).toContain('insert into \\"chat_messages\\"');
     expect(logged).toContain('"code":"P0001"');
     expect(logged).toContain('refused by the test');
-    expect(JSON.stringify(app.logs)).not.toContain(content);
+    expect(logged).toContain('sendMessage');
+    expect(JSON.stringify(app.logs)).not.toContain(secret);
+  });
+
+  it('keeps what a refused request sent out of the log: bad JSON, invalid input', async () => {
+    const token = await app.idp.mintToken();
+    const secret = randomUUID();
+    const send = (body: string) =>
+      fetch(`${http.url}/trpc/chat.sendMessage`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        body,
+      });
+    const badJson = await send(`{"json": {"content": "${secret}"`);
+    expect(badJson.status).toBe(400);
+    const invalid = await send(JSON.stringify({ json: { sessionId: `not a uuid ${secret}`, content: secret } }));
+    expect(invalid.status).toBe(400);
+    const refused = app.logs.filter((line) => line.msg === 'Request refused' && line.path === 'chat.sendMessage');
+    expect(refused.find((line) => line.requestId === invalid.headers.get('x-request-id'))).toMatchObject({
+      code: 'BAD_REQUEST',
+      invalidFields: ['sessionId'],
+    });
+    expect(refused.some((line) => line.requestId === badJson.headers.get('x-request-id'))).toBe(true);
+    expect(JSON.stringify(app.logs)).not.toContain(secret);
   });
 
   it('never carries the email of a person whose first sign-in failed', async () => {
@@ -393,15 +418,15 @@ describe('the log of a failed statement', () => {
   });
 
   it('withholds the message of a data exception, which quotes the value', async () => {
-    const value = `not a uuid ${randomUUID()}`;
-    const error = await app.db.execute(sql`select ${value}::uuid`).then(
+    const secret = randomUUID();
+    const error = await app.db.execute(sql`select ${`not a uuid\n    at render (app.js:10) ${secret}`}::uuid`).then(
       () => undefined,
       (thrown: unknown) => thrown,
     );
     // The driver's own error does quote it: what the log must not repeat.
-    expect(JSON.stringify(String((error as Error).cause))).toContain(value);
+    expect(String((error as Error).cause)).toContain(secret);
     const serialized = JSON.stringify(serializeError(error));
-    expect(serialized).not.toContain(value);
+    expect(serialized).not.toContain(secret);
     expect(serialized).toContain('"code":"22P02"');
     expect(serialized).toContain('select $1::uuid');
   });

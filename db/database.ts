@@ -160,8 +160,8 @@ function openPostgres(
 /**
  * `client` as Drizzle sees it behind a transaction-mode pooler: every statement Drizzle sends
  * outside a transaction runs in one of its own, and every transaction starts by setting the
- * timeouts for itself (`set_config(name, value, true)` is `SET LOCAL`), which the pooler keeps,
- * as it keeps the server connection, until the transaction ends.
+ * timeouts for itself (`SET LOCAL`), which the pooler keeps, as it keeps the server connection,
+ * until the transaction ends.
  *
  * The transaction is also what makes postgres.js safe here. Without one, it would send a
  * statement on a connection still waiting for the answer to the one before (pipelining), and a
@@ -171,21 +171,25 @@ function openPostgres(
  * statement "" requires 3"). In a transaction the pooler keeps one server connection, and
  * postgres.js sends nothing else on that client connection until it ends.
  *
- * The cost: `begin`, the settings and `commit` around each statement outside a transaction,
- * three round trips instead of one or two (`npm run bench` measures it).
+ * The cost: `begin`, the settings and `commit` around each statement outside a transaction. With
+ * parameters and nothing prepared, that is four round trips (`begin`; the settings with the
+ * statement's Parse/Describe; its Bind/Execute; `commit`) where session mode takes one
+ * (`npm run bench` measures it).
  */
 function everyStatementInTransaction(client: postgres.Sql, timeouts: Record<string, number>): postgres.Sql {
-  // Whole numbers from the configuration, not input: written into the statement, which then has
-  // no parameters and goes out with the transaction's first statement without a round trip of its own.
-  const setTimeouts = `select ${Object.entries(timeouts)
-    .map(([name, value]) => `set_config('${name}', '${Math.trunc(value)}', true)`)
-    .join(', ')}`;
+  // Whole numbers from the configuration, not input, written into the text: with no parameters,
+  // it goes out in one simple-protocol message together with the transaction's first statement,
+  // without a round trip of its own. SET LOCAL rather than `select set_config(...)`, which would
+  // take a snapshot and so refuse a `set transaction isolation level` after it.
+  const setTimeouts = Object.entries(timeouts)
+    .map(([name, value]) => `set local ${name} = ${Math.trunc(value)}`)
+    .join('; ');
 
   function begin<T>(fn: (tx: postgres.TransactionSql) => T | Promise<T>) {
     return client.begin((tx) => {
       // Sent now, ahead of the transaction's first statement; a failure aborts the transaction, and
       // postgres.js fails the transaction with it.
-      void tx.unsafe(setTimeouts).execute();
+      void tx.unsafe(setTimeouts).simple().execute();
       return fn(tx);
     });
   }

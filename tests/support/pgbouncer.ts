@@ -42,8 +42,7 @@ async function acceptsConnections(port: number): Promise<boolean> {
 /**
  * A real PgBouncer on a free loopback port in front of the PostgreSQL of `upstreamUrl`, in
  * `poolMode`, with the settings the README gives for that mode. `urlFor(url)` is `url` with its
- * host and port replaced by PgBouncer's. `restart()` stops it at once (every client connection
- * drops, as when the process is replaced) and starts it again on the same port.
+ * host and port replaced by PgBouncer's.
  */
 export async function startPgBouncer(
   binary: string,
@@ -70,7 +69,6 @@ export async function startPgBouncer(
       // As the README says: a server that failed a login is tried again after 1 s, not 15 s.
       'server_login_retry = 1',
       `logfile = ${path.join(dir, 'pgbouncer.log')}`,
-      `pidfile = ${path.join(dir, 'pgbouncer.pid')}`,
       '',
     ].join('\n'),
   );
@@ -99,8 +97,9 @@ export async function startPgBouncer(
     child = undefined;
     if (!running || running.exitCode !== null) return;
     const exited = once(running, 'exit');
-    // SIGTERM: immediate shutdown, every client and server connection closed.
-    running.kill('SIGTERM');
+    // Ended at once, as a crash or a replaced container ends it: every connection closes. (SIGTERM
+    // does that before PgBouncer 1.23 only; from then on it waits for the clients to leave.)
+    running.kill('SIGKILL');
     await exited;
   }
   function log() {
@@ -115,6 +114,7 @@ export async function startPgBouncer(
   return {
     port,
     urlFor: (url: string) => onLoopbackPort(url, port),
+    /** Ends it at once (SIGKILL: every connection drops) and starts it again on the same port. */
     async restart({ downForMs = 0 } = {}) {
       await stop();
       if (downForMs) await new Promise((resolve) => setTimeout(resolve, downForMs));

@@ -177,11 +177,6 @@ function databaseTarget(vars: z.infer<typeof envSchema>): DatabaseTarget {
       'Invalid configuration: DATABASE_DIRECT_URL is required when DATABASE_POOL_MODE=transaction: migrations take a session lock, which a transaction-mode pooler does not keep; set it to a direct (or session-mode) URL of the same database',
     );
   }
-  if (vars.DATABASE_POOL_MODE === 'transaction' && vars.DATABASE_DIRECT_URL === vars.DATABASE_URL) {
-    throw new ConfigError(
-      'Invalid configuration: DATABASE_DIRECT_URL must not be the pooler of DATABASE_URL when DATABASE_POOL_MODE=transaction: give the database\'s own (or a session-mode) URL',
-    );
-  }
   return {
     kind: 'postgres',
     url: vars.DATABASE_URL,

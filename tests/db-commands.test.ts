@@ -102,7 +102,10 @@ describe('the drizzle-kit commands on a fresh clone', () => {
     const empty = (await createEmptyDatabase('commands'))!;
     try {
       const env = newcomerEnv({ DATABASE_URL: empty.url });
-      await npm(['run', 'db:migrate'], copy.dir, env);
+      // Behind a transaction-mode pooler, migrations go to DATABASE_DIRECT_URL: here the pooled
+      // URL answers nothing at all, so a migration sent there would fail.
+      const pooled = { DATABASE_URL: 'postgres://postgres@127.0.0.1:1/pooler', DATABASE_POOL_MODE: 'transaction' };
+      await npm(['run', 'db:migrate'], copy.dir, { ...env, ...pooled, DATABASE_DIRECT_URL: empty.url });
       await expectNothingToGenerate(copy.dir, env);
       await startAndCall(copy.dir, env);
       expect(existsSync(join(copy.dir, '.data/pglite'))).toBe(false);

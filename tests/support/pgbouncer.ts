@@ -85,6 +85,10 @@ export async function startPgBouncer(
     const args = [...(asRoot ? ['-u', 'postgres'] : []), path.join(dir, 'pgbouncer.ini')];
     const started = spawn(binary, args, { stdio: 'ignore' });
     child = started;
+    // Not left behind by a test process that ends without closing it (a failed hook, Ctrl-C).
+    const stopWithUs = () => started.kill('SIGKILL');
+    process.once('exit', stopWithUs);
+    started.once('exit', () => process.off('exit', stopWithUs));
     for (let attempt = 0; attempt < 100; attempt += 1) {
       if (started.exitCode !== null) throw new Error(`pgbouncer exited (${started.exitCode}): ${log().slice(-2000)}`);
       if (await acceptsConnections(port)) return;

@@ -7,13 +7,13 @@ import { promisify } from 'node:util';
 export const run = promisify(execFile);
 
 /**
- * A newcomer's environment: no DATABASE_URL, no Frontegg settings, no NODE_ENV, listening on a
+ * A newcomer's environment: no DATABASE_* settings, no Frontegg settings, no NODE_ENV, listening on a
  * free port; `extra` on top.
  */
 export function newcomerEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   const env = { ...process.env };
   for (const name of Object.keys(env)) {
-    if (name === 'DATABASE_URL' || name === 'NODE_ENV' || name.startsWith('FRONTEGG_') || name.startsWith('VITEST')) {
+    if (name.startsWith('DATABASE_') || name === 'NODE_ENV' || name.startsWith('FRONTEGG_') || name.startsWith('VITEST')) {
       delete env[name];
     }
   }

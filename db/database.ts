@@ -28,6 +28,12 @@ export interface DatabaseHandle {
   migrate(): Promise<void>;
   /** Resolves when the database answers a trivial query. */
   ping(): Promise<void>;
+  /**
+   * Resolves when statements run with the timeouts the server configured; else rejects with a
+   * `DatabaseSetupError` saying what to change. A pooler that drops connection parameters between
+   * a `session`-mode server and PostgreSQL is found this way before the first request.
+   */
+  checkSettings(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -63,6 +69,11 @@ export type DatabaseTarget =
   | { kind: 'pglite'; dataDir?: string };
 
 export type PoolMode = 'session' | 'transaction';
+
+/** The database is reachable but not set up as the server needs; the message says what to change. */
+export class DatabaseSetupError extends Error {
+  override name = 'DatabaseSetupError';
+}
 
 const migrationsFolder = fileURLToPath(new URL('./migrations', import.meta.url));
 
@@ -151,6 +162,22 @@ function openPostgres(
       }
     },
     ping: () => ping(db),
+    async checkSettings() {
+      const rows = (await db.execute(
+        sql`select name, setting from pg_settings where name in ('statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout')`,
+      )) as unknown as { name: keyof typeof timeouts; setting: string }[];
+      // In the order of `timeouts`: statement_timeout is the one an operator knows.
+      const lost = (Object.keys(timeouts) as (keyof typeof timeouts)[])
+        .map((name) => rows.find((row) => row.name === name) ?? { name, setting: 'unknown' })
+        .find(({ name, setting }) => setting !== String(timeouts[name]));
+      if (!lost) return;
+      throw new DatabaseSetupError(
+        transactionMode
+          ? `Statements run with ${lost.name} = ${lost.setting} ms, not the ${timeouts[lost.name]} ms set in their transaction: check DATABASE_URL`
+          : `DATABASE_URL's connections lost the ${lost.name} sent when connecting (${lost.setting} ms, not ${timeouts[lost.name]} ms): ` +
+              'a pooler such as PgBouncer is in between. Set DATABASE_POOL_MODE=transaction and DATABASE_DIRECT_URL (README: Behind a connection pooler)',
+      );
+    },
     async close() {
       await client.end({ timeout: 5 });
     },
@@ -242,6 +269,8 @@ function openPglite(dataDir: string | undefined, { onStatement }: DatabaseObserv
     // PGlite lives inside this process, which holds its data folder, so no other instance can race.
     migrate: () => migratePglite(db, { migrationsFolder }),
     ping: () => ping(db),
+    // In this process: nothing in between, and no timeouts to keep.
+    checkSettings: async () => {},
     async close() {
       await client.close();
       release();

@@ -28,6 +28,9 @@ export interface ServerObservers {
  */
 export async function openServerDeps(config: Config, log: Logger, observers: ServerObservers = {}) {
   const database = openDatabase(config.database);
+  // First: behind a pooler it did not expect, the migration lock could be taken on one server
+  // connection and released on another.
+  await database.checkSettings();
   await database.migrate();
   log.info({ database: database.kind }, 'Database ready, migrations applied');
   const deps: HttpServerDeps = {

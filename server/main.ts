@@ -1,3 +1,4 @@
+import { DatabaseSetupError } from '../db/database.js';
 import { startServer } from './app.js';
 import { ConfigError, loadConfig } from './config.js';
 import { createLogger } from './logger.js';
@@ -37,5 +38,7 @@ try {
   process.on('SIGINT', shutdown);
 } catch (error) {
   log.fatal({ err: error }, 'Could not start');
+  // What to change, on a line of its own, as for a bad environment.
+  if (error instanceof DatabaseSetupError) process.stderr.write(`${error.message}\n`);
   process.exit(1);
 }

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { sql } from 'drizzle-orm';
 import postgres from 'postgres';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { type DatabaseHandle, openDatabase } from '../../db/database.js';
+import { type DatabaseHandle, DatabaseSetupError, openDatabase } from '../../db/database.js';
 import { createDatabase } from '../../db/throwaway-database.js';
 import { clientError } from '../support/errors.js';
 import { type PgBouncer, findPgBouncer, startPgBouncer } from '../support/pgbouncer.js';
@@ -40,6 +40,16 @@ describe.skipIf(!databaseUrl)('DATABASE_POOL_MODE=transaction, on a direct conne
 
   const settings = sql`select current_setting('statement_timeout') as statement, current_setting('lock_timeout') as lock,
     current_setting('idle_in_transaction_session_timeout') as idle`;
+
+  it('passes the start-up check, as a session-mode connection to PostgreSQL itself does', async () => {
+    await expect(database.checkSettings()).resolves.toBeUndefined();
+    const direct = openDatabase({ kind: 'postgres', url: databaseUrl as string, statementTimeoutMs: 1_234 });
+    try {
+      await expect(direct.checkSettings()).resolves.toBeUndefined();
+    } finally {
+      await direct.close();
+    }
+  });
 
   it('runs each statement in a transaction of its own that sets the timeouts first', async () => {
     // No connection parameters carry them, and SET LOCAL lasts one transaction: a
@@ -167,6 +177,31 @@ describe.skipIf(skipped !== '')(`behind PgBouncer in transaction mode${skipped}`
     } finally {
       await small.close();
     }
+  });
+
+  it('is found at start-up when the server runs in session mode behind it, with one line saying what to set', async () => {
+    // The issue's set-up: the timeouts as connection parameters, which PgBouncer accepts and drops.
+    const dropping = await startPgBouncer(pgbouncer as string, {
+      upstreamUrl: database.url,
+      poolMode: 'transaction',
+      ignoreStartupParameters: ['statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout'],
+    });
+    const unaware = openDatabase({ kind: 'postgres', url: dropping.urlFor(database.url) });
+    try {
+      const refused = await unaware.checkSettings().then(
+        () => undefined,
+        (error: unknown) => error,
+      );
+      expect(refused).toBeInstanceOf(DatabaseSetupError);
+      expect((refused as Error).message).toMatch(
+        /^DATABASE_URL's connections lost the \w+ sent when connecting \(0 ms, not \d+ ms\): a pooler .* Set DATABASE_POOL_MODE=transaction and DATABASE_DIRECT_URL [^\n]+$/,
+      );
+    } finally {
+      await unaware.close();
+      await dropping.close();
+    }
+    // Set as this suite sets it, the same pooler passes.
+    await expect(pooled.checkSettings()).resolves.toBeUndefined();
   });
 
   it('sets the timeouts in each transaction (SET LOCAL), never on the pooled server connection', async () => {

@@ -46,7 +46,18 @@ async function acceptsConnections(port: number): Promise<boolean> {
  */
 export async function startPgBouncer(
   binary: string,
-  { upstreamUrl, poolMode, poolSize = 20 }: { upstreamUrl: string; poolMode: 'transaction' | 'session'; poolSize?: number },
+  {
+    upstreamUrl,
+    poolMode,
+    poolSize = 20,
+    ignoreStartupParameters = [],
+  }: {
+    upstreamUrl: string;
+    poolMode: 'transaction' | 'session';
+    poolSize?: number;
+    /** Connection parameters it accepts and drops (refused otherwise), as an old README told users to set. */
+    ignoreStartupParameters?: string[];
+  },
 ) {
   const upstream = new URL(upstreamUrl);
   const dir = mkdtempSync(path.join(tmpdir(), 'pgbouncer-'));
@@ -63,6 +74,7 @@ export async function startPgBouncer(
       `listen_port = ${port}`,
       'unix_socket_dir =',
       'auth_type = any',
+      ...(ignoreStartupParameters.length ? [`ignore_startup_parameters = ${ignoreStartupParameters.join(',')}`] : []),
       `pool_mode = ${poolMode}`,
       `default_pool_size = ${poolSize}`,
       'max_client_conn = 2000',

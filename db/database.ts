@@ -70,6 +70,8 @@ export type DatabaseTarget =
 
 export type PoolMode = 'session' | 'transaction';
 
+const setInstead = 'Set DATABASE_POOL_MODE=transaction and DATABASE_DIRECT_URL (README: Behind a connection pooler)';
+
 /** The database is reachable but not set up as the server needs; the message says what to change. */
 export class DatabaseSetupError extends Error {
   override name = 'DatabaseSetupError';
@@ -163,9 +165,18 @@ function openPostgres(
     },
     ping: () => ping(db),
     async checkSettings() {
-      const rows = (await db.execute(
-        sql`select name, setting from pg_settings where name in ('statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout')`,
-      )) as unknown as { name: keyof typeof timeouts; setting: string }[];
+      const rows = (await db
+        .execute(
+          sql`select name, setting from pg_settings where name in ('statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout')`,
+        )
+        .catch((error: unknown) => {
+          // PgBouncer's answer to a connection parameter it was not told to ignore.
+          const refused = /unsupported startup parameter: (\w+)/.exec(String((error as Error).cause ?? error));
+          if (!refused) throw error;
+          throw new DatabaseSetupError(
+            `DATABASE_URL refused the connection parameter ${refused[1]}: a pooler such as PgBouncer is in between. ${setInstead}`,
+          );
+        })) as unknown as { name: keyof typeof timeouts; setting: string }[];
       // In the order of `timeouts`: statement_timeout is the one an operator knows.
       const lost = (Object.keys(timeouts) as (keyof typeof timeouts)[])
         .map((name) => rows.find((row) => row.name === name) ?? { name, setting: 'unknown' })
@@ -175,7 +186,7 @@ function openPostgres(
         transactionMode
           ? `Statements run with ${lost.name} = ${lost.setting} ms, not the ${timeouts[lost.name]} ms set in their transaction: check DATABASE_URL`
           : `DATABASE_URL's connections lost the ${lost.name} sent when connecting (${lost.setting} ms, not ${timeouts[lost.name]} ms): ` +
-              'a pooler such as PgBouncer is in between. Set DATABASE_POOL_MODE=transaction and DATABASE_DIRECT_URL (README: Behind a connection pooler)',
+              `a pooler such as PgBouncer is in between. ${setInstead}`,
       );
     },
     async close() {

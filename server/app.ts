@@ -32,7 +32,8 @@ export async function openServerDeps(config: Config, log: Logger, observers: Ser
   // connection and released on another.
   await database.checkSettings();
   await database.migrate();
-  log.info({ database: database.kind }, 'Database ready, migrations applied');
+  const poolMode = config.database.kind === 'postgres' ? (config.database.poolMode ?? 'session') : undefined;
+  log.info({ database: database.kind, poolMode }, 'Database ready, migrations applied');
   const deps: HttpServerDeps = {
     db: database.db,
     log,

@@ -202,6 +202,15 @@ describe.skipIf(skipped !== '')(`behind PgBouncer in transaction mode${skipped}`
     }
     // Set as this suite sets it, the same pooler passes.
     await expect(pooled.checkSettings()).resolves.toBeUndefined();
+    // A PgBouncer not told to drop them refuses the connection: said as plainly.
+    const refusing = openDatabase({ kind: 'postgres', url: bouncer.urlFor(database.url), connectTimeoutSeconds: 2 });
+    try {
+      await expect(refusing.checkSettings()).rejects.toThrow(
+        /^DATABASE_URL refused the connection parameter \w+: a pooler such as PgBouncer is in between\. Set DATABASE_POOL_MODE=transaction/,
+      );
+    } finally {
+      await refusing.close();
+    }
   });
 
   it('sets the timeouts in each transaction (SET LOCAL), never on the pooled server connection', async () => {

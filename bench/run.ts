@@ -240,12 +240,6 @@ async function startPooledServers(databaseUrl: string): Promise<Server[]> {
   return servers;
 }
 
-async function sequentially<T>(steps: (() => Promise<T>)[]): Promise<T[]> {
-  const results: T[] = [];
-  for (const step of steps) results.push(await step());
-  return results;
-}
-
 function progress(row: Row) {
   process.stderr.write(`  ${row.scenario}, ${row.name}: ${Math.round(row.load.perSecond)} requests/s\n`);
 }
@@ -295,10 +289,10 @@ try {
     ])),
     await firstLogins(`${FIRST_LOGINS} first logins`, seed!, tokens.seedFirst),
     await firstLogins(`${FIRST_LOGINS} first logins`, ours!, tokens.oursFirst),
-    ...(await sequentially(pooled.map((server, index) => () =>
-      firstLogins(`${FIRST_LOGINS} first logins`, server, tokens.pooledFirst[index]!),
-    ))),
   ];
+  for (const [index, server] of pooled.entries()) {
+    rows.push(await firstLogins(`${FIRST_LOGINS} first logins`, server, tokens.pooledFirst[index]!));
+  }
   const heap = await heapRun();
 
   const rate = (scenario: string, name: Name) =>

@@ -1,7 +1,8 @@
 import { and, desc, eq, sql } from 'drizzle-orm';
+import { type EventLog, openEventLog } from './chat-events.js';
 import type { Database } from './database.js';
 import { isUniqueViolation } from './errors.js';
-import { type ChatSession, DEFAULT_SESSION_TITLE, type MessageRole, chatMessages, chatSessions, organizationMembers } from './schema.js';
+import { type ChatMessage, type ChatSession, DEFAULT_SESSION_TITLE, type MessageRole, chatMessages, chatSessions } from './schema.js';
 
 /**
  * Whose sessions a query may touch: every function here puts both ids in its `WHERE`, so a
@@ -32,6 +33,7 @@ const messageColumns = {
 };
 
 export type Session = Pick<ChatSession, keyof typeof sessionColumns>;
+export type Message = Omit<Pick<ChatMessage, keyof typeof messageColumns>, 'seq'>;
 
 export interface SessionPosition {
   updatedAt: Date;
@@ -46,8 +48,8 @@ const ownedSession = (owner: SessionOwner, id: string) => and(eq(chatSessions.id
 /**
  * The owner's active session, created when there is none: a plain read, which finds it on all
  * but the first call (every signed-in page load asks, so that is one statement, prepared once
- * per database handle), then an insert when it found none. When concurrent first calls race, the
- * partial unique index lets one insert win; the others insert nothing and read the winner's row.
+ * per database handle), then an insert when it found none. Concurrent first calls queue on the
+ * membership row (`openEventLog`); the first inserts, the others insert nothing and read its row.
  */
 export async function getOrCreateActiveSession(
   db: Database,
@@ -57,7 +59,15 @@ export async function getOrCreateActiveSession(
   for (let attempt = 1; ; attempt++) {
     const [found] = await preparedFor(db, readActiveSession).execute(placeholders);
     if (found) return { session: found, created: false };
-    const [inserted] = await preparedFor(db, insertActiveSession).execute(placeholders);
+    const inserted = await writeChats(db, owner, async (tx, events) => {
+      const [session] = await tx
+        .insert(chatSessions)
+        .values({ userId: owner.userId, organizationId: owner.organizationId, isActive: true })
+        .onConflictDoNothing({ target: [chatSessions.userId, chatSessions.organizationId], where: sql`${chatSessions.isActive}` })
+        .returning(sessionColumns);
+      if (session) await events.record([{ type: 'session.created', session }]);
+      return session;
+    });
     if (inserted) return { session: inserted, created: true };
     // Lost the race to a concurrent insert; read again, unless that session keeps vanishing.
     if (attempt === 3) throw new Error('the active session was created and removed three times while reading it');
@@ -77,17 +87,22 @@ const readActiveSession = (db: Database) =>
     )
     .prepare('read_active_session');
 
-const insertActiveSession = (db: Database) =>
-  db
-    .insert(chatSessions)
-    .values({
-      userId: sql.placeholder('userId'),
-      organizationId: sql.placeholder('organizationId'),
-      isActive: true,
-    })
-    .onConflictDoNothing({ target: [chatSessions.userId, chatSessions.organizationId], where: sql`${chatSessions.isActive}` })
-    .returning(sessionColumns)
-    .prepare('insert_active_session');
+/**
+ * Runs `change` in a transaction that first locks the owner's membership row (`openEventLog`),
+ * and records the events it returns there. Every change to an owner's chats goes through here.
+ */
+async function writeChats<T>(
+  db: Database,
+  owner: SessionOwner,
+  change: (tx: Database, events: EventLog) => Promise<T>,
+): Promise<T> {
+  return db.transaction(async (tx) => {
+    const events = await openEventLog(tx, owner);
+    // The caller was provisioned moments ago; only a concurrent removal of the membership gets here.
+    if (!events) throw new Error('the membership was removed during the request');
+    return change(tx, events);
+  });
+}
 
 const prepared = new WeakMap<Database, Map<unknown, unknown>>();
 
@@ -102,8 +117,8 @@ function preparedFor<Query>(db: Database, prepare: (db: Database) => Query): Que
 
 /** A new session, made the owner's only active one in the same transaction. */
 export function createActiveSession(db: Database, owner: SessionOwner & { title?: string | undefined }) {
-  return changeActiveSession(db, owner, async (tx) => {
-    await deactivateSessions(tx, owner);
+  return changeActiveSession(db, owner, async (tx, events) => {
+    const deactivated = await deactivateSessions(tx, owner);
     const [session] = await tx
       .insert(chatSessions)
       .values({
@@ -114,52 +129,45 @@ export function createActiveSession(db: Database, owner: SessionOwner & { title?
       })
       .returning(sessionColumns);
     if (!session) throw new Error('insert with RETURNING returned no row');
+    await events.record([...updated(deactivated), { type: 'session.created', session }]);
     return session;
   });
 }
 
 /** Makes the session the owner's only active one; `undefined` when the owner has no such session. */
 export function activateSessionById(db: Database, { id, ...owner }: SessionOwner & { id: string }) {
-  return changeActiveSession(db, owner, async (tx) => {
+  return changeActiveSession(db, owner, async (tx, events) => {
     const [target] = await tx.select(sessionColumns).from(chatSessions).where(ownedSession(owner, id));
     if (!target || target.isActive) return target;
-    await deactivateSessions(tx, owner);
+    const deactivated = await deactivateSessions(tx, owner);
     const [session] = await tx
       .update(chatSessions)
       .set({ isActive: true })
       .where(ownedSession(owner, id))
       .returning(sessionColumns);
+    if (session) await events.record(updated([...deactivated, session]));
     return session;
   });
 }
 
+const updated = (sessions: Session[]) => sessions.map((session) => ({ type: 'session.updated' as const, session }));
+
 const oneActiveIndex = ['chat_sessions_one_active_idx'];
 
 /**
- * Runs a change of the owner's active session in a transaction that holds their membership row,
- * so such changes for one owner run one at a time. `getOrCreateActiveSession` does not take that
- * lock; when it inserts first, the unique index refuses our insert and the change runs again.
+ * Runs a change of the owner's active session in `writeChats`, whose lock on their membership
+ * row makes such changes for one owner run one at a time. `getOrCreateActiveSession` inserts
+ * under the same lock, but a session made active by an older instance of this service, or by
+ * hand, could still race us: the unique index then refuses our insert and the change runs again.
  */
 async function changeActiveSession<T>(
   db: Database,
   owner: SessionOwner,
-  change: (tx: Database) => Promise<T>,
+  change: (tx: Database, events: EventLog) => Promise<T>,
 ): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
-      return await db.transaction(async (tx) => {
-        await tx
-          .select({ userId: organizationMembers.userId })
-          .from(organizationMembers)
-          .where(
-            and(
-              eq(organizationMembers.userId, owner.userId),
-              eq(organizationMembers.organizationId, owner.organizationId),
-            ),
-          )
-          .for('no key update');
-        return change(tx);
-      });
+      return await writeChats(db, owner, change);
     } catch (error) {
       if (attempt < 3 && isUniqueViolation(error, oneActiveIndex)) continue;
       throw error;
@@ -167,11 +175,12 @@ async function changeActiveSession<T>(
   }
 }
 
-function deactivateSessions(tx: Database, owner: SessionOwner) {
+function deactivateSessions(tx: Database, owner: SessionOwner): Promise<Session[]> {
   return tx
     .update(chatSessions)
     .set({ isActive: false })
-    .where(and(ownedBy(owner), eq(chatSessions.isActive, true)));
+    .where(and(ownedBy(owner), eq(chatSessions.isActive, true)))
+    .returning(sessionColumns);
 }
 
 /**
@@ -203,29 +212,33 @@ export async function getSessionById(db: Database, { id, ...owner }: SessionOwne
   return session;
 }
 
-export async function renameSessionById(
-  db: Database,
-  { id, title, ...owner }: SessionOwner & { id: string; title: string },
-) {
-  const [session] = await db
-    .update(chatSessions)
-    .set({ title, updatedAt: sql`now()` })
-    .where(ownedSession(owner, id))
-    .returning(sessionColumns);
-  return session;
+export function renameSessionById(db: Database, { id, title, ...owner }: SessionOwner & { id: string; title: string }) {
+  return writeChats(db, owner, async (tx, events) => {
+    const [session] = await tx
+      .update(chatSessions)
+      .set({ title, updatedAt: sql`now()` })
+      .where(ownedSession(owner, id))
+      .returning(sessionColumns);
+    if (session) await events.record([{ type: 'session.updated', session }]);
+    return session;
+  });
 }
 
 /** Deletes the session; its messages go with it in the same statement (ON DELETE CASCADE). */
-export async function deleteSessionById(db: Database, { id, ...owner }: SessionOwner & { id: string }) {
-  const deleted = await db.delete(chatSessions).where(ownedSession(owner, id)).returning({ id: chatSessions.id });
-  return deleted.length > 0;
+export function deleteSessionById(db: Database, { id, ...owner }: SessionOwner & { id: string }) {
+  return writeChats(db, owner, async (tx, events) => {
+    const [deleted] = await tx.delete(chatSessions).where(ownedSession(owner, id)).returning({ id: chatSessions.id });
+    if (deleted) await events.record([{ type: 'session.deleted', sessionId: deleted.id }]);
+    return deleted !== undefined;
+  });
 }
 
 /**
  * Stores a message and bumps the session's `updated_at` in one transaction; `undefined` when the
  * owner has no such session. A session still titled `New Chat` with no messages yet takes
- * `titleIfFirst`. The session row is locked first, so one session's messages are numbered in
- * commit order and a reader paging by `seq` never finds an older message appearing behind it.
+ * `titleIfFirst`. The owner's membership row is locked first (`writeChats`), so one session's
+ * messages are numbered in commit order and a reader paging by `seq` never finds an older message
+ * appearing behind it.
  */
 export function addMessageToSession(
   db: Database,
@@ -237,7 +250,7 @@ export function addMessageToSession(
     ...owner
   }: SessionOwner & { sessionId: string; role: MessageRole; content: string; titleIfFirst: string },
 ) {
-  return db.transaction(async (tx) => {
+  return writeChats(db, owner, async (tx, events) => {
     const [session] = await tx
       .update(chatSessions)
       .set({
@@ -247,12 +260,17 @@ export function addMessageToSession(
           then ${titleIfFirst} else ${chatSessions.title} end`,
       })
       .where(ownedSession(owner, sessionId))
-      .returning({ id: chatSessions.id });
+      .returning(sessionColumns);
     if (!session) return undefined;
     const [message] = await tx
       .insert(chatMessages)
       .values({ sessionId, role, content, createdAt: sql`now()` })
       .returning(messageColumns);
+    if (!message) throw new Error('insert with RETURNING returned no row');
+    await events.record([
+      { type: 'message.created', message },
+      { type: 'session.updated', session },
+    ]);
     return message;
   });
 }

@@ -78,6 +78,12 @@ export const organizationMembers = pgTable(
      * see, where `users.last_login` would show a shared person's activity in other tenants.
      */
     lastSeenAt: timestampMs('last_seen_at'),
+    /**
+     * The id of the member's latest chat event in this organization (`chat_events.seq`). Raised
+     * under this row's lock in the transaction that records the event, so each member's event ids
+     * follow commit order and are never reused, even after old events are deleted.
+     */
+    lastEventSeq: bigint('last_event_seq', { mode: 'number' }).notNull().default(0),
     createdAt: createdAt(),
     updatedAt: updatedAt(),
   },
@@ -148,6 +154,54 @@ export const chatMessages = pgTable(
   ],
 );
 
+export const chatEventTypes = ['session.created', 'session.updated', 'session.deleted', 'message.created'] as const;
+export type ChatEventType = (typeof chatEventTypes)[number];
+
+/** A session as an event stores it: `Session` with its dates as ISO strings. */
+export interface StoredSession {
+  id: string;
+  title: string;
+  isActive: boolean;
+  createdAt: string;
+  updatedAt: string;
+}
+
+/**
+ * What changed in a member's chats, in the order it committed: what `chat.events` replays to a
+ * subscriber that reconnects. Kept for the retention the server is configured with
+ * (`CHAT_EVENTS_RETENTION_MINUTES`), then deleted. A message event refers to its message rather
+ * than copying its text; a session event holds the session as it was then.
+ */
+export const chatEvents = pgTable(
+  'chat_events',
+  {
+    userId: text('user_id').notNull(),
+    organizationId: text('organization_id').notNull(),
+    /** The member's own sequence: 1, 2, 3, ... in commit order (see `lastEventSeq`). */
+    seq: bigint('seq', { mode: 'number' }).notNull(),
+    type: text('type', { enum: chatEventTypes }).notNull(),
+    // No foreign keys to the session or message: the event outlives them (`session.deleted`).
+    sessionId: uuid('session_id').notNull(),
+    messageId: uuid('message_id'),
+    session: jsonb('session').$type<StoredSession>(),
+    createdAt: createdAt(),
+  },
+  (table) => [
+    primaryKey({ columns: [table.userId, table.organizationId, table.seq] }),
+    foreignKey({
+      name: 'chat_events_membership_fk',
+      columns: [table.userId, table.organizationId],
+      foreignColumns: [organizationMembers.userId, organizationMembers.organizationId],
+    }).onDelete('cascade'),
+    check(
+      'chat_events_type_check',
+      sql`${table.type} in ('session.created', 'session.updated', 'session.deleted', 'message.created')`,
+    ),
+    // Serves deleting the events past the retention.
+    index('chat_events_created_idx').on(table.createdAt),
+  ],
+);
+
 /**
  * Secrets the instances of this service share, created on first start: every instance on one
  * database agrees on them without configuration.
@@ -164,3 +218,4 @@ export type User = typeof users.$inferSelect;
 export type OrganizationMember = typeof organizationMembers.$inferSelect;
 export type ChatSession = typeof chatSessions.$inferSelect;
 export type ChatMessage = typeof chatMessages.$inferSelect;
+export type ChatEventRow = typeof chatEvents.$inferSelect;

@@ -28,16 +28,19 @@ function person(overrides: Record<string, unknown> = {}) {
 }
 
 describe('statements per request', () => {
-  it('a first login provisions (four statements sent at once), then runs the procedure: the session read and insert', async () => {
+  it('a first login provisions (four statements sent at once), then runs the procedure: the session read, then its insert and event', async () => {
     await (await app.as(person())).chat.getActiveSession();
 
-    expect(statements).toHaveLength(6);
+    expect(statements).toHaveLength(8);
     expect(statements[0]).toMatch(/^insert into "organizations"/);
     expect(statements[1]).toMatch(/^select .* from "organizations"/);
     expect(statements[2]).toMatch(/^insert into "users"/);
     expect(statements[3]).toMatch(/^insert into "organization_members"/);
     expect(statements[4]).toMatch(/^select .* from "chat_sessions"/);
-    expect(statements[5]).toMatch(/^insert into "chat_sessions"/);
+    // In one transaction: the membership row locked (it numbers the member's events), the session, its event.
+    expect(statements[5]).toMatch(/^select .* from "organization_members" .* for no key update$/);
+    expect(statements[6]).toMatch(/^insert into "chat_sessions"/);
+    expect(statements[7]).toMatch(/^with "inserted" as \(insert into "chat_events"/);
   });
 
   it('provisioning commits in a transaction of its own, and the procedure runs after it on the pool', async () => {

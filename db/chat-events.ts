@@ -1,0 +1,183 @@
+import { createHash } from 'node:crypto';
+import { and, asc, eq, gt, lt, sql } from 'drizzle-orm';
+import type { Message, Session, SessionOwner } from './chat.js';
+import type { Database } from './database.js';
+import { type StoredSession, chatEvents, chatMessages, organizationMembers } from './schema.js';
+
+/** The one channel every instance LISTENs on; a notification names a member's stream and its newest id. */
+export const CHAT_EVENTS_CHANNEL = 'chat_events';
+
+/** What `chat.events` delivers. */
+export type ChatEvent =
+  | { type: 'session.created'; session: Session }
+  | { type: 'session.updated'; session: Session }
+  | { type: 'session.deleted'; sessionId: string }
+  | { type: 'message.created'; message: Message }
+  /** The events after the subscriber's `lastEventId` are no longer kept: load the state again. */
+  | { type: 'resync' };
+
+/** An event as the writing transaction records it. */
+export type NewChatEvent =
+  | { type: 'session.created' | 'session.updated'; session: Session }
+  | { type: 'session.deleted'; sessionId: string }
+  | { type: 'message.created'; message: { id: string; sessionId: string } };
+
+/** An event read back: `event` is null for a message deleted since (its session's deletion follows). */
+export interface LoggedChatEvent {
+  seq: number;
+  event: ChatEvent | null;
+  /** Roughly the memory the event takes (its text), for bounding what is held. */
+  size: number;
+}
+
+/**
+ * The key of a member's stream in notifications: a digest, so that a payload stays short whatever
+ * the ids, and names no one. Two members sharing a key would only make an instance read both
+ * streams: what a subscriber receives comes from a query on its own ids.
+ */
+export function eventStreamKey({ userId, organizationId }: SessionOwner): string {
+  return createHash('sha256').update(userId).update('\u0000').update(organizationId).digest('base64url').slice(0, 22);
+}
+
+/** `<stream key> <newest seq>`; `undefined` for anything else on the channel (heartbeats). */
+export function parseEventNotification(payload: string): { key: string; seq: number } | undefined {
+  const match = /^([\w-]{22}) (\d{1,15})$/.exec(payload);
+  return match ? { key: match[1]!, seq: Number(match[2]) } : undefined;
+}
+
+export interface EventLog {
+  /**
+   * Records the events, in this order, in the transaction that made the changes, and notifies
+   * every instance when (and only if) it commits.
+   */
+  record(events: NewChatEvent[]): Promise<void>;
+}
+
+/**
+ * Locks the member's row for the rest of the transaction and returns what records its events;
+ * `undefined` when there is no such membership. Every transaction that changes an owner's chats
+ * starts here, before it locks any session: the same order everywhere, so two of them never
+ * deadlock, and one member's events are numbered in the order they commit.
+ */
+export async function openEventLog(tx: Database, owner: SessionOwner): Promise<EventLog | undefined> {
+  const [member] = await tx
+    .select({ lastEventSeq: organizationMembers.lastEventSeq })
+    .from(organizationMembers)
+    .where(memberIs(owner))
+    .for('no key update');
+  if (!member) return undefined;
+  let last = member.lastEventSeq;
+  return {
+    async record(events) {
+      if (events.length === 0) return;
+      const rows = events.map((event, index) => ({
+        seq: last + index + 1,
+        type: event.type,
+        sessionId:
+          event.type === 'session.deleted'
+            ? event.sessionId
+            : event.type === 'message.created'
+              ? event.message.sessionId
+              : event.session.id,
+        messageId: event.type === 'message.created' ? event.message.id : null,
+        session: event.type === 'session.created' || event.type === 'session.updated' ? storedSession(event.session) : null,
+      }));
+      last += events.length;
+      // One statement: the events, the member's newest id, and the notification, which
+      // PostgreSQL sends when the transaction commits and drops when it rolls back.
+      const inserted = tx.$with('inserted').as(
+        tx.insert(chatEvents).values(rows.map((row) => ({ ...owner, ...row }))).returning({ seq: chatEvents.seq }),
+      );
+      const raised = tx.$with('raised').as(
+        tx
+          .update(organizationMembers)
+          .set({ lastEventSeq: last })
+          .where(memberIs(owner))
+          .returning({ lastEventSeq: organizationMembers.lastEventSeq }),
+      );
+      await tx
+        .with(inserted, raised)
+        .select({ notified: sql`pg_notify(${CHAT_EVENTS_CHANNEL}, ${`${eventStreamKey(owner)} ${last}`})` })
+        .from(raised);
+    },
+  };
+}
+
+const memberIs = (owner: SessionOwner) =>
+  and(eq(organizationMembers.userId, owner.userId), eq(organizationMembers.organizationId, owner.organizationId));
+
+const storedSession = (session: Session): StoredSession => ({
+  ...session,
+  createdAt: session.createdAt.toISOString(),
+  updatedAt: session.updatedAt.toISOString(),
+});
+
+const sessionFromStored = (session: StoredSession): Session => ({
+  ...session,
+  createdAt: new Date(session.createdAt),
+  updatedAt: new Date(session.updatedAt),
+});
+
+/** The id of the member's newest event; `undefined` when there is no such membership. */
+export async function getLatestEventSeq(db: Database, owner: SessionOwner): Promise<number | undefined> {
+  const [member] = await db
+    .select({ lastEventSeq: organizationMembers.lastEventSeq })
+    .from(organizationMembers)
+    .where(memberIs(owner));
+  return member?.lastEventSeq;
+}
+
+/**
+ * The member's events after `afterSeq`, oldest first, at most `limit`, each message event with
+ * its message's current row. Only the owner's own rows can match: both ids are in the `WHERE`.
+ */
+export async function getEventsAfter(
+  db: Database,
+  { afterSeq, limit, ...owner }: SessionOwner & { afterSeq: number; limit: number },
+): Promise<LoggedChatEvent[]> {
+  const rows = await db
+    .select({
+      seq: chatEvents.seq,
+      type: chatEvents.type,
+      sessionId: chatEvents.sessionId,
+      session: chatEvents.session,
+      messageId: chatMessages.id,
+      role: chatMessages.role,
+      content: chatMessages.content,
+      messageCreatedAt: chatMessages.createdAt,
+    })
+    .from(chatEvents)
+    .leftJoin(chatMessages, eq(chatMessages.id, chatEvents.messageId))
+    .where(
+      and(
+        eq(chatEvents.userId, owner.userId),
+        eq(chatEvents.organizationId, owner.organizationId),
+        gt(chatEvents.seq, afterSeq),
+      ),
+    )
+    .orderBy(asc(chatEvents.seq))
+    .limit(limit);
+  return rows.map((row): LoggedChatEvent => {
+    const base = { seq: row.seq, size: 256 };
+    switch (row.type) {
+      case 'session.created':
+      case 'session.updated':
+        return row.session ? { ...base, event: { type: row.type, session: sessionFromStored(row.session) } } : { ...base, event: null };
+      case 'session.deleted':
+        return { ...base, event: { type: row.type, sessionId: row.sessionId } };
+      case 'message.created': {
+        if (row.messageId === null || row.role === null || row.content === null || row.messageCreatedAt === null) {
+          return { ...base, event: null };
+        }
+        const message = { id: row.messageId, sessionId: row.sessionId, role: row.role, content: row.content, createdAt: row.messageCreatedAt };
+        return { seq: row.seq, size: base.size + 2 * row.content.length, event: { type: row.type, message } };
+      }
+    }
+  });
+}
+
+/** Deletes events recorded before `cutoff`; returns how many. */
+export async function deleteEventsRecordedBefore(db: Database, cutoff: Date): Promise<number> {
+  const deleted = await db.delete(chatEvents).where(lt(chatEvents.createdAt, cutoff)).returning({ seq: chatEvents.seq });
+  return deleted.length;
+}

@@ -77,5 +77,6 @@ const report: HeapReport = {
   heapBeforeMb,
   heapAfterMb: heapMb(),
 };
+await deps.chatEvents.close();
 await database.close();
 process.send?.(report, () => process.exit(0));

@@ -34,6 +34,18 @@ export interface DatabaseHandle {
    * a `session`-mode server and PostgreSQL is found this way before the first request.
    */
   checkSettings(): Promise<void>;
+  /**
+   * Calls `onNotification` with the payload of each notification on `channel`, heard on a
+   * connection of its own (to `directUrl`: a transaction-mode pooler keeps no LISTEN), and
+   * `onListening` each time listening starts: at first, and again whenever postgres.js has
+   * reconnected it (what was sent meanwhile is lost). Resolves once listening.
+   */
+  listen(channel: string, onNotification: (payload: string) => void, onListening: () => void): Promise<Listener>;
+  close(): Promise<void>;
+}
+
+export interface Listener {
+  /** Stops listening and closes the connection. */
   close(): Promise<void>;
 }
 
@@ -189,6 +201,22 @@ function openPostgres(
               `a pooler such as PgBouncer is in between. ${setInstead}`,
       );
     },
+    async listen(channel, onNotification, onListening) {
+      const listener = postgres(directUrl, {
+        max: 1,
+        connect_timeout: connectTimeoutSeconds,
+        fetch_types: false,
+        onnotice: () => {},
+        connection: { application_name: 'frontegg-trpc-chat listener' },
+      });
+      try {
+        await listener.listen(channel, onNotification, onListening);
+      } catch (error) {
+        await listener.end({ timeout: 1 });
+        throw error;
+      }
+      return { close: () => listener.end({ timeout: 1 }) };
+    },
     async close() {
       await client.end({ timeout: 5 });
     },
@@ -282,6 +310,11 @@ function openPglite(dataDir: string | undefined, { onStatement }: DatabaseObserv
     ping: () => ping(db),
     // In this process: nothing in between, and no timeouts to keep.
     checkSettings: async () => {},
+    async listen(channel, onNotification, onListening) {
+      const unlisten = await client.listen(channel, onNotification);
+      onListening();
+      return { close: () => unlisten() };
+    },
     async close() {
       await client.close();
       release();

@@ -10,6 +10,10 @@ import { type HttpServerDeps, createHttpServer } from './http.js';
 import type { Logger } from './logger.js';
 import { createInFlightLimit } from './in-flight-limit.js';
 import { createMemberCache } from './member-cache.js';
+import { createChatEventHub } from './chat-events.js';
+
+/** How often event streams check the membership when the member cache is off (`MEMBER_CACHE_TTL_SECONDS=0`). */
+const DEFAULT_MEMBERSHIP_CHECK_MS = 5_000;
 
 export interface RunningServer {
   url: string;
@@ -34,6 +38,15 @@ export async function openServerDeps(config: Config, log: Logger, observers: Ser
   await database.migrate();
   const poolMode = config.database.kind === 'postgres' ? (config.database.poolMode ?? 'session') : undefined;
   log.info({ database: database.kind, poolMode }, 'Database ready, migrations applied');
+  const chatEvents = createChatEventHub({
+    db: database.db,
+    listen: database.listen,
+    log,
+    ...config.chatEvents,
+    // A deactivated member's streams end within the time their rows may be remembered.
+    membershipCheckMs: config.memberCache.ttlMs || DEFAULT_MEMBERSHIP_CHECK_MS,
+  });
+  await chatEvents.start();
   const deps: HttpServerDeps = {
     db: database.db,
     log,
@@ -43,6 +56,7 @@ export async function openServerDeps(config: Config, log: Logger, observers: Ser
     procedureTimeoutMs: config.procedureTimeoutMs,
     members: createMemberCache(config.memberCache),
     heavyCalls: createInFlightLimit(config.heavyCallsPerPerson),
+    chatEvents,
     idleTimeoutMs: config.idleTimeoutMs,
     maxConnections: config.maxConnections,
   };
@@ -65,6 +79,10 @@ export async function startServer(config: Config, log: Logger, observers: Server
       const closed = once(server, 'close');
       // Since Node 19, close() also closes idle keep-alive connections.
       server.close();
+      // Event streams never end by themselves: they end now, telling clients to reconnect (to
+      // another instance), and their connections close once the answer is out.
+      await deps.chatEvents.close();
+      server.closeIdleConnections();
       await closed;
       await database.close();
     },

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import type { DatabaseTarget } from '../db/database.js';
 import { DEFAULT_TOKEN_CACHE_ENTRIES, DEFAULT_TOKEN_CACHE_MAX_BYTES } from './auth/access-token.js';
+import { DEFAULT_EVENT_RETENTION_MS, DEFAULT_SUBSCRIPTIONS_PER_PERSON } from './chat-events.js';
 import { DEFAULT_HEAVY_CALLS_PER_PERSON } from './in-flight-limit.js';
 import { DEFAULT_MEMBER_CACHE, type MemberCacheOptions } from './member-cache.js';
 
@@ -64,6 +65,8 @@ const envSchema = z.object({
   MEMBER_CACHE_MAX_ENTRIES: wholeNumber(DEFAULT_MEMBER_CACHE.maxEntries, 0, 1_000_000),
   MEMBER_CACHE_TTL_SECONDS: wholeNumber(DEFAULT_MEMBER_CACHE.ttlMs / 1000, 0, 3_600),
   HEAVY_CALLS_PER_PERSON: wholeNumber(DEFAULT_HEAVY_CALLS_PER_PERSON, 1, 1_000),
+  CHAT_EVENTS_RETENTION_MINUTES: wholeNumber(DEFAULT_EVENT_RETENTION_MS / 60_000, 10, 7 * 24 * 60),
+  SUBSCRIPTIONS_PER_PERSON: wholeNumber(DEFAULT_SUBSCRIPTIONS_PER_PERSON, 1, 1_000),
   PORT: optionalString.default('3000').pipe(
     z.coerce
       .number<string>({ error: 'must be a port number (0-65535)' })
@@ -100,6 +103,8 @@ export interface Config {
   memberCache: MemberCacheOptions;
   /** Heavy calls (pages of messages, writes) one person may have in progress per instance. */
   heavyCallsPerPerson: number;
+  /** `chat.events`: how long events are kept for replay, and streams per person per instance. */
+  chatEvents: { retentionMs: number; subscriptionsPerPerson: number };
   port: number;
   host: string;
   /** A connection with no byte moving either way for this long is closed. */
@@ -135,6 +140,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxBytes: vars.MEMBER_CACHE_MAX_MB * 2 ** 20,
     },
     heavyCallsPerPerson: vars.HEAVY_CALLS_PER_PERSON,
+    chatEvents: {
+      retentionMs: vars.CHAT_EVENTS_RETENTION_MINUTES * 60_000,
+      subscriptionsPerPerson: vars.SUBSCRIPTIONS_PER_PERSON,
+    },
     port: vars.PORT,
     host: vars.HOST,
     idleTimeoutMs: vars.HTTP_IDLE_TIMEOUT_SECONDS * 1000,

@@ -2,6 +2,7 @@ import { TRPCError } from '@trpc/server';
 import type { Database } from '../db/database.js';
 import type { IdentityClaims } from '../db/provisioning.js';
 import { AccessTokenError, type AccessTokenVerifier, parseBearerToken } from './auth/access-token.js';
+import type { ChatEventHub } from './chat-events.js';
 import type { CursorCodec } from './cursor.js';
 import type { Logger } from './logger.js';
 import type { InFlightLimit } from './in-flight-limit.js';
@@ -20,12 +21,19 @@ export interface ServerDeps {
   members: MemberCache;
   /** Each person's heavy calls in progress (procedures with `meta({ heavy: true })`). */
   heavyCalls: InFlightLimit;
+  /** Live chat events for `chat.events`. */
+  chatEvents: ChatEventHub;
 }
 
 const DEFAULT_PROCEDURE_TIMEOUT_MS = 15_000;
 
 export type Auth =
-  | { status: 'verified'; identity: IdentityClaims }
+  | {
+      status: 'verified';
+      identity: IdentityClaims;
+      /** The token's `exp`: a subscription it opened ends then. */
+      expiresAt: Date;
+    }
   /** `error` is what a procedure that needs a caller answers: why this request has no identity. */
   | { status: 'signed-out'; error: TRPCError };
 
@@ -42,7 +50,8 @@ export async function authenticate(
     if (token === null) {
       throw new AccessTokenError('missing', 'Sign-in required: send "Authorization: Bearer <access token>"');
     }
-    return { status: 'verified', identity: (await deps.verifyAccessToken(token)).identity };
+    const { identity, expiresAt } = await deps.verifyAccessToken(token);
+    return { status: 'verified', identity, expiresAt };
   } catch (error) {
     if (!(error instanceof AccessTokenError)) throw error;
     const code = error.reason === 'key_set_unavailable' ? 'SERVICE_UNAVAILABLE' : 'UNAUTHORIZED';
@@ -55,7 +64,7 @@ export async function authenticate(
  * Data and services only; `protectedProcedure` adds the caller's rows.
  */
 export function createInnerContext(
-  deps: Pick<ServerDeps, 'db' | 'log' | 'cursors' | 'procedureTimeoutMs' | 'members' | 'heavyCalls'>,
+  deps: Pick<ServerDeps, 'db' | 'log' | 'cursors' | 'procedureTimeoutMs' | 'members' | 'heavyCalls' | 'chatEvents'>,
   auth: Auth,
   /** Settles when the HTTP response has been sent or its connection closed; none in-process. */
   answered?: Promise<void>,
@@ -66,6 +75,7 @@ export function createInnerContext(
     cursors: deps.cursors,
     members: deps.members,
     heavyCalls: deps.heavyCalls,
+    chatEvents: deps.chatEvents,
     procedureTimeoutMs: deps.procedureTimeoutMs ?? DEFAULT_PROCEDURE_TIMEOUT_MS,
     auth,
     answered,

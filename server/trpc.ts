@@ -17,8 +17,19 @@ export interface ProcedureMeta {
   heavy?: boolean;
 }
 
+/**
+ * Subscriptions (Server-Sent Events) send a heartbeat this often: proxies and some EventSource
+ * implementations drop a stream silent for 30 to 45 s.
+ */
+export const SSE_HEARTBEAT_MS = 10_000;
+
 const t = initTRPC.context<Context>().meta<ProcedureMeta>().create({
   transformer: superjson,
+  sse: {
+    ping: { enabled: true, intervalMs: SSE_HEARTBEAT_MS },
+    // Tells tRPC's client to reconnect a stream that has sent nothing, heartbeats included, this long.
+    client: { reconnectAfterInactivityMs: 3 * SSE_HEARTBEAT_MS },
+  },
   // Stack traces stay in the logs, never in responses.
   isDev: false,
   errorFormatter({ shape, error }) {
@@ -50,7 +61,8 @@ const t = initTRPC.context<Context>().meta<ProcedureMeta>().create({
 export const router = t.router;
 export const createCallerFactory = t.createCallerFactory;
 
-const unavailable = (cause: unknown) =>
+/** SERVICE_UNAVAILABLE: the client may try again shortly. */
+export const unavailable = (cause: unknown) =>
   new TRPCError({ code: 'SERVICE_UNAVAILABLE', message: 'The service is temporarily unavailable; try again shortly', cause });
 
 /**
@@ -91,6 +103,7 @@ const requireSignIn = t.middleware(function requireSignIn({ ctx, next }) {
 const provisionCaller = t.middleware(function provisionCaller({ ctx, meta, next }) {
   if (ctx.auth.status !== 'verified') throw ctx.auth.error;
   const { identity } = ctx.auth;
+  const { auth } = ctx;
   // Counted before any database work, so a flood of one person's calls provisions nothing either.
   const leave = meta?.heavy ? ctx.heavyCalls.enter(personKey(identity)) : noop;
   if (!leave) {
@@ -103,7 +116,8 @@ const provisionCaller = t.middleware(function provisionCaller({ ctx, meta, next 
     if (!membership.isActive) {
       throw new TRPCError({ code: 'FORBIDDEN', message: 'Your membership in this organization is deactivated' });
     }
-    return next({ ctx: { user, organization, membership } });
+    // `auth` goes on narrowed: a procedure sees the verified token (its `expiresAt`) as present.
+    return next({ ctx: { auth, user, organization, membership } });
   })();
   // The place is given back once the work is done, also when the deadline answered first, and
   // once the answer has left (or its connection closed): an answer a client does not read still

@@ -150,6 +150,24 @@ export const chatRouter = router({
     }),
 
   /**
+   * Live changes to the caller's sessions and messages in this organization, each `tracked()`
+   * with an id in the order they committed. Reconnecting with the last id seen (tRPC's client
+   * sends it as `lastEventId`) replays exactly the events missed, from any instance, for
+   * `CHAT_EVENTS_RETENTION_MINUTES`; past that, or for an id not given out, `resync` says to load
+   * the lists again. Ends with UNAUTHORIZED (`authReason: 'expired'`) at the token's `exp`.
+   */
+  events: protectedProcedure
+    .input(z.object({ lastEventId: z.string().max(64).nullish() }).optional())
+    .subscription(({ ctx, input, signal }) =>
+      ctx.chatEvents.subscribe({
+        owner: ownerOf(ctx),
+        lastEventId: input?.lastEventId,
+        expiresAt: ctx.auth.expiresAt,
+        signal,
+      }),
+    ),
+
+  /**
    * The newest `limit` messages (older than `cursor` when given), oldest first; `nextCursor`
    * fetches the page before them and is null at the start of the conversation.
    */

@@ -45,6 +45,8 @@ describe('the README start path', () => {
       // The walk-through the README offers, against this fresh server.
       const demo = await run('npm', ['run', '-s', 'demo', '--', '--url', url], { cwd: projectRoot, env: newcomerEnv() });
       expect(demo.stdout).toContain('✓ one organization, two members');
+      expect(demo.stdout).toMatch(/tab 2 ← #\d+ message\.created "Thanks!"/);
+      expect(demo.stdout).toContain('✓ the second tab received every message live, once each, in order');
       expect(demo.stdout).toMatch(/page 3: "How does tRPC share types/);
       expect(demo.stdout).toContain('✓ getSession: NOT_FOUND');
       expect(demo.stdout).toContain('✓ Ada still has exactly her 5 messages');
@@ -55,7 +57,7 @@ describe('the README start path', () => {
   });
 
   it.each(['SIGTERM', 'SIGINT'] as const)(
-    'on %s stops accepting connections, answers the request in flight, and exits 0',
+    'on %s stops accepting connections, answers the request in flight, ends event streams with 503, and exits 0',
     async (signal) => {
       // On the run's PostgreSQL when there is one, so closing a real pool is part of it.
       const databaseUrl = inject('databaseUrl');
@@ -69,6 +71,10 @@ describe('the README start path', () => {
       });
       const token = stdout.trim();
       const session = await createApiClient({ url: `${url}/trpc`, getToken: () => token }).chat.getActiveSession.query();
+
+      // An open event stream, which would never end by itself.
+      const stream = await fetch(`${url}/trpc/chat.events`, { headers: { authorization: `Bearer ${token}` } });
+      const streamText = new Response(stream.body).text();
 
       // A request that has arrived but not finished: its body is still coming when the signal does.
       const body = JSON.stringify({ json: { sessionId: session.id, content: 'sent across the shutdown' } });
@@ -91,6 +97,11 @@ describe('the README start path', () => {
       for await (const chunk of answer) text += chunk;
       expect(answer.statusCode).toBe(200);
       expect(JSON.parse(text).result.data.json).toMatchObject({ content: 'sent across the shutdown', role: 'user' });
+
+      // The stream ended with a retryable error, so tRPC's client reconnects (elsewhere, behind a load balancer).
+      const events = await streamText;
+      expect(events).toContain('event: serialized-error');
+      expect(events).toContain('SERVICE_UNAVAILABLE');
 
       const [code] = await exited;
       expect(code).toBe(0);

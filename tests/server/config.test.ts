@@ -13,6 +13,7 @@ describe('loadConfig', () => {
       tokenCacheMaxBytes: 32 * 2 ** 20,
       memberCache: { maxEntries: 10_000, ttlMs: 60_000, maxBytes: 16 * 2 ** 20 },
       heavyCallsPerPerson: 10,
+      chatEvents: { retentionMs: 60 * 60_000, subscriptionsPerPerson: 20 },
       port: 3000,
       host: '127.0.0.1',
       idleTimeoutMs: 30_000,
@@ -101,6 +102,15 @@ describe('loadConfig', () => {
     expect([config.heavyCallsPerPerson, config.idleTimeoutMs, config.maxConnections]).toEqual([2, 5_000, 100]);
     expect(config.database).toMatchObject({ lockTimeoutMs: 250 });
     expect(() => loadConfig({ HEAVY_CALLS_PER_PERSON: '0' })).toThrow(/HEAVY_CALLS_PER_PERSON must be a whole number from 1/);
+  });
+
+  it('reads how long chat events are kept for replay, at least 10 minutes, and the streams per person', () => {
+    const config = loadConfig({ CHAT_EVENTS_RETENTION_MINUTES: '10', SUBSCRIPTIONS_PER_PERSON: '3' });
+    expect(config.chatEvents).toEqual({ retentionMs: 600_000, subscriptionsPerPerson: 3 });
+    expect(() => loadConfig({ CHAT_EVENTS_RETENTION_MINUTES: '5' })).toThrow(
+      'Invalid configuration: CHAT_EVENTS_RETENTION_MINUTES must be a whole number from 10 to 10080',
+    );
+    expect(() => loadConfig({ SUBSCRIPTIONS_PER_PERSON: '0' })).toThrow(/SUBSCRIPTIONS_PER_PERSON must be a whole number from 1/);
   });
 
   it('reads the timeouts, pool size and key-set lifetimes', () => {

@@ -6,12 +6,9 @@ import { createApiClient } from '../../client/index.js';
 import { type DatabaseHandle, openDatabase } from '../../db/database.js';
 import { chatSessions, organizationMembers, organizations, users } from '../../db/schema.js';
 import { type RunningServer, startServer } from '../../server/app.js';
-import { DEFAULT_TOKEN_CACHE_ENTRIES, DEFAULT_TOKEN_CACHE_MAX_BYTES } from '../../server/auth/access-token.js';
-import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS } from '../../server/config.js';
-import { DEFAULT_HEAVY_CALLS_PER_PERSON } from '../../server/in-flight-limit.js';
-import { DEFAULT_MEMBER_CACHE } from '../../server/member-cache.js';
 import { createEmptyDatabase } from '../support/database.js';
 import { type TestIdentityProvider, startIdentityProvider } from '../support/identity-provider.js';
+import { productionConfig } from '../support/server-config.js';
 
 const INSTANCES = 3;
 
@@ -27,34 +24,7 @@ describe.skipIf(!inject('databaseUrl'))(`${INSTANCES} instances started at once 
     idp = await startIdentityProvider();
     const log = pino({ level: 'silent' });
     // What `npm start` does in each process: migrate under the advisory lock, then listen.
-    servers = await Promise.all(
-      Array.from({ length: INSTANCES }, () =>
-        startServer(
-          {
-            nodeEnv: 'production',
-            logLevel: 'silent',
-            database: { kind: 'postgres', url: empty.url, poolSize: 4 },
-            identity: {
-              mode: 'frontegg',
-              issuer: idp.issuer,
-              jwksUrl: idp.jwksUrl,
-              audience: [idp.audience],
-              keySet: { maxAgeMs: 600_000, cooldownMs: 30_000 },
-            },
-            procedureTimeoutMs: 15_000,
-            tokenCacheEntries: DEFAULT_TOKEN_CACHE_ENTRIES,
-            tokenCacheMaxBytes: DEFAULT_TOKEN_CACHE_MAX_BYTES,
-            memberCache: DEFAULT_MEMBER_CACHE,
-            heavyCallsPerPerson: DEFAULT_HEAVY_CALLS_PER_PERSON,
-            idleTimeoutMs: DEFAULT_IDLE_TIMEOUT_MS,
-            maxConnections: DEFAULT_MAX_CONNECTIONS,
-            port: 0,
-            host: '127.0.0.1',
-          },
-          log,
-        ),
-      ),
-    );
+    servers = await Promise.all(Array.from({ length: INSTANCES }, () => startServer(productionConfig(empty.url, idp), log)));
     database = openDatabase({ kind: 'postgres', url: empty.url, poolSize: 2 });
   });
   afterAll(async () => {

@@ -6,6 +6,7 @@ import { type DatabaseHandle, DatabaseSetupError, openDatabase } from '../../db/
 import { createDatabase } from '../../db/throwaway-database.js';
 import { clientError } from '../support/errors.js';
 import { type PgBouncer, findPgBouncer, startPgBouncer } from '../support/pgbouncer.js';
+import { watchEvents } from '../support/events.js';
 import { type TestApp, startHttpServer, startTestApp } from '../support/test-app.js';
 
 const databaseUrl = inject('databaseUrl');
@@ -150,6 +151,21 @@ describe.skipIf(skipped !== '')(`behind PgBouncer in transaction mode${skipped}`
       const stored = await direct`select content from chat_messages where session_id = ${sessionId} order by seq`;
       expect(stored.map((row) => row.content)).toEqual(contents);
     }
+  });
+
+  it('delivers live events: notified through the pooler, heard on DATABASE_DIRECT_URL', async () => {
+    const client = http.clientFor(await app.idp.mintToken());
+    const events = watchEvents(client);
+    await events.connected();
+    const session = await client.chat.getActiveSession.query();
+    const message = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'through PgBouncer' });
+    await events.atLeast(3);
+    expect(events.received[1]?.data).toEqual({ type: 'message.created', message });
+    events.close();
+    // PgBouncer in transaction mode would drop a LISTEN with the transaction: the listener is on PostgreSQL itself.
+    const [listener] = await direct`select count(*)::int as n from pg_stat_activity
+      where application_name = 'frontegg-trpc-chat listener' and datname = current_database() and client_port is not null`;
+    expect(listener?.n).toBe(1);
   });
 
   it('answers statements with and without parameters sent at once on a small pool', async () => {

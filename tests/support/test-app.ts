@@ -9,7 +9,8 @@ import { createSharedCursorCodec } from '../../server/cursor.js';
 import { type HttpServerDeps, createHttpServer } from '../../server/http.js';
 import { DEFAULT_HEAVY_CALLS_PER_PERSON, createInFlightLimit } from '../../server/in-flight-limit.js';
 import { createLogger } from '../../server/logger.js';
-import { type MemberCache, createMemberCache } from '../../server/member-cache.js';
+import { DEFAULT_MEMBER_CACHE, type MemberCache, createMemberCache } from '../../server/member-cache.js';
+import { DEFAULT_EVENT_RETENTION_MS, DEFAULT_SUBSCRIPTIONS_PER_PERSON, createChatEventHub } from '../../server/chat-events.js';
 import { createCaller } from '../../server/root.js';
 import { openTestDatabase } from './database.js';
 import { startIdentityProvider } from './identity-provider.js';
@@ -26,6 +27,9 @@ export async function startTestApp(
     heavyCallsPerPerson?: number;
     /** A migrated database to use instead of this run's (closed with the app). */
     database?: DatabaseHandle;
+    /** How often event streams check the membership (default: the member cache's lifetime). */
+    membershipCheckMs?: number;
+    subscriptionsPerPerson?: number;
   } = {},
 ) {
   const database = options.database ?? (await openTestDatabase({ onStatement: options.onStatement }));
@@ -33,6 +37,15 @@ export async function startTestApp(
   const logs: Record<string, unknown>[] = [];
   // The server's own logger (its redaction and error serializer), writing into `logs`.
   const log = createLogger({ level: 'debug', destination: { write: (line: string) => void logs.push(JSON.parse(line)) } });
+  const chatEvents = createChatEventHub({
+    db: database.db,
+    listen: database.listen,
+    log,
+    retentionMs: DEFAULT_EVENT_RETENTION_MS,
+    subscriptionsPerPerson: options.subscriptionsPerPerson ?? DEFAULT_SUBSCRIPTIONS_PER_PERSON,
+    membershipCheckMs: options.membershipCheckMs ?? DEFAULT_MEMBER_CACHE.ttlMs,
+  });
+  await chatEvents.start();
   const deps: ServerDeps = {
     db: database.db,
     log,
@@ -46,6 +59,7 @@ export async function startTestApp(
     // The production defaults (MEMBER_CACHE_MAX_ENTRIES, MEMBER_CACHE_TTL_SECONDS) unless given.
     members: options.members ?? createMemberCache(),
     heavyCalls: createInFlightLimit(options.heavyCallsPerPerson ?? DEFAULT_HEAVY_CALLS_PER_PERSON),
+    chatEvents,
   };
 
   /**
@@ -74,6 +88,7 @@ export async function startTestApp(
       return callerFor(await idp.mintToken({ claims }), options);
     },
     async close() {
+      await chatEvents.close();
       await idp.close();
       await database.close();
     },

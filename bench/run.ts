@@ -20,6 +20,7 @@ import { join } from 'node:path';
 import postgres from 'postgres';
 import { loadOrCreateLocalSigningKey } from '../server/auth/local-identity.js';
 import { createDatabase } from '../db/throwaway-database.js';
+import { type FanOutResult, measureFanOut } from './fanout.js';
 import type { HeapReport } from './heap.js';
 import type { LoadRequest, LoadResult } from './load.js';
 import { type Counters, type ServerMessage, type ServerReport, newCounters } from './protocol.js';
@@ -38,6 +39,10 @@ const PATH = '/trpc/chat.getActiveSession';
 // The bound chosen for what 100,000 distinct tokens may add to the heap: the token cache keeps
 // at most 10,000 (2-3 KB each with their identity), the member cache 10,000 people.
 const HEAP_GROWTH_LIMIT_MB = 40;
+// Live events: 100 subscribers of one organization, 20 people with 5 tabs each.
+const FANOUT_PEOPLE = 20;
+const FANOUT_TABS = 5;
+const FANOUT_ROUNDS = 30;
 
 type Kind = 'floor' | 'seed' | 'ours';
 /**
@@ -294,6 +299,15 @@ try {
     rows.push(await firstLogins(`${FIRST_LOGINS} first logins`, server, tokens.pooledFirst[index]!));
   }
   const heap = await heapRun();
+  // A second instance of ours on the same PostgreSQL, for events crossing between instances.
+  const fanOutServers = database ? [ours!, await startServer('ours')] : [ours!];
+  const fanOut = await measureFanOut({
+    urls: fanOutServers.map((server) => server.url),
+    tokens: await mint(newUsers(FANOUT_PEOPLE, FANOUT_PEOPLE)),
+    tabsPerPerson: FANOUT_TABS,
+    rounds: FANOUT_ROUNDS,
+  });
+  process.stderr.write(`  fan-out: p50 ${fanOut.p50Ms.toFixed(1)} ms, p99 ${fanOut.p99Ms.toFixed(1)} ms\n`);
 
   const rate = (scenario: string, name: Name) =>
     rows.find((row) => row.scenario.startsWith(scenario) && row.name === name)?.load.perSecond ?? Number.NaN;
@@ -303,6 +317,7 @@ try {
     databaseLabel,
     rows,
     heap,
+    fanOut,
     seconds: (performance.now() - started) / 1000,
     rate,
     statementsUnavailable: statementCounter.unavailable,
@@ -312,6 +327,10 @@ try {
         ? 'Not measured behind PgBouncer: no pgbouncer binary (apt-get install pgbouncer).'
         : undefined,
   });
+  if (fanOut.missing > 0) {
+    process.stderr.write(`${fanOut.missing} events never reached their subscriber.\n`);
+    process.exitCode = 1;
+  }
   if (rows.some((row) => row.failures > 0)) {
     process.stderr.write('Some requests failed (see the failures column): the figures above are not comparable.\n');
     process.exitCode = 1;
@@ -330,6 +349,7 @@ function printReport(report: {
   databaseLabel: string;
   rows: Row[];
   heap: HeapReport;
+  fanOut: FanOutResult;
   seconds: number;
   rate: (scenario: string, name: Name) => number;
   /** Why the transaction-mode rows are missing, or run without PgBouncer. */
@@ -337,7 +357,7 @@ function printReport(report: {
   /** Why statements/req and transactions/req read n/a, when they do. */
   statementsUnavailable: string | undefined;
 }) {
-  const { rows, heap, rate } = report;
+  const { rows, heap, fanOut, rate } = report;
   const names: Record<Name, string> = {
     floor: 'bare tRPC, a constant',
     seed: 'seed design',
@@ -394,6 +414,11 @@ function printReport(report: {
     `Heap after ${heap.tokens.toLocaleString('en')} distinct tokens of ${heap.people.toLocaleString('en')} people (verifier and member cache as npm start configures them): ` +
       `${heap.heapAfterMb.toFixed(1)} MB, from ${heap.heapBeforeMb.toFixed(1)} MB before (+${(heap.heapAfterMb - heap.heapBeforeMb).toFixed(1)} MB, limit +${HEAP_GROWTH_LIMIT_MB} MB); ` +
       `${heap.signatureChecks.toLocaleString('en')} signature checks, ${heap.rememberedPeople} people remembered.`,
+    `Live events (chat.events): ${fanOut.people * fanOut.tabsPerPerson} subscribers of one organization (${fanOut.people} people, ` +
+      `${fanOut.tabsPerPerson} tabs each, spread over ${fanOut.instances} instance${fanOut.instances === 1 ? '' : 's'}); ${fanOut.rounds} rounds of every person ` +
+      'sending one message at once through the first instance.',
+    `  sendMessage call to message.created on each tab: p50 ${fanOut.p50Ms.toFixed(1)} ms, p99 ${fanOut.p99Ms.toFixed(1)} ms, ` +
+      `max ${fanOut.maxMs.toFixed(1)} ms over ${fanOut.samples.toLocaleString('en')} receipts; ${fanOut.missing} never arrived.`,
     `Whole run: ${report.seconds.toFixed(0)} s.`,
     '',
   ];

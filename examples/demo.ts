@@ -1,6 +1,7 @@
 // `npm run demo`: walks through the API with the typed client against a running server in local
 // identity mode (`npm start` in another terminal). Two people of a new organization sign in;
-// one chats; the other is shown that the first one's session does not exist for them.
+// one chats while a second tab of hers receives the conversation live (chat.events); the other
+// is shown that the first one's session does not exist for them.
 import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { TRPCClientError } from '@trpc/client';
@@ -91,7 +92,26 @@ const session = await ada.chat.getActiveSession.query();
 say(`   "${session.title}" ${short(session.id)}…, active: ${session.isActive}`);
 check((await ada.chat.getActiveSession.query()).id === session.id, 'asking again returns the same session');
 
-step(3, 'Ada sends five messages (sendMessage)');
+step(3, "Ada opens a second tab (chat.events), then sends five messages from the first (sendMessage)");
+const secondTab = await signIn('ada@example.com', 'Ada Lovelace', ['Admin']);
+const sentAt = new Map<string, number>();
+const arrived: string[] = [];
+let tabConnected!: () => void;
+const connected = new Promise<void>((resolve) => (tabConnected = resolve));
+const tab = secondTab.chat.events.subscribe(undefined, {
+  onStarted: () => tabConnected(),
+  onData: ({ id, data }) => {
+    if (data.type === 'message.created') {
+      const after = performance.now() - (sentAt.get(data.message.content) ?? Number.NaN);
+      say(`     tab 2 ← #${id} message.created ${JSON.stringify(data.message.content)} (${after.toFixed(1)} ms after sending)`);
+      arrived.push(data.message.content);
+    } else if (data.type === 'session.updated') {
+      say(`     tab 2 ← #${id} session.updated "${data.session.title}"`);
+    }
+  },
+  onError: (error) => fail(`The second tab's stream failed: ${error.message}`),
+});
+await connected;
 const questions = [
   'How does tRPC share types between the server and the frontend?',
   'And where does Drizzle fit in?',
@@ -100,9 +120,15 @@ const questions = [
   'Thanks!',
 ];
 for (const content of questions) {
+  sentAt.set(content, performance.now());
   const message = await ada.chat.sendMessage.mutate({ sessionId: session.id, content });
   say(`   → ${message.createdAt.toISOString()} ${message.role}: ${content}`);
+  // Give the second tab its moment, so the lines below read in the order things happened.
+  const deadline = Date.now() + 2_000;
+  while (!arrived.includes(content) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 5));
 }
+check(arrived.join('\n') === questions.join('\n'), 'the second tab received every message live, once each, in order');
+tab.unsubscribe();
 const titled = await ada.chat.getSession.query({ sessionId: session.id });
 say(`   The first message titled the session: "${titled.title}"`);
 

@@ -5,24 +5,34 @@
 // PostgreSQL's LISTEN/NOTIFY).
 import { createApiClient } from '../client/index.js';
 
-export interface FanOutResult {
-  people: number;
-  tabsPerPerson: number;
-  instances: number;
-  rounds: number;
+export interface Latencies {
   /** Send-to-receipt latencies measured, one per tab per message. */
   samples: number;
   p50Ms: number;
   p99Ms: number;
   maxMs: number;
+  /** The `sendMessage` calls' own answers, for comparison. */
+  answeredP50Ms: number;
+}
+
+export interface FanOutResult {
+  people: number;
+  tabsPerPerson: number;
+  instances: number;
+  rounds: number;
+  /** One person sends at a time (taking turns): the latency of delivery itself. */
+  oneAtATime: Latencies;
+  /** Every person sends at once, each round: delivery while the database is busy with the writes. */
+  allAtOnce: Latencies;
   /** Receipts that never came. */
   missing: number;
 }
 
 /**
  * `tokens` are people of one organization. Each opens `tabsPerPerson` streams, round robin over
- * `urls`; then, `rounds` times, every person sends one message at once, through the first URL,
- * and each tab's receipt of it is timed from just before the call.
+ * `urls`. Then each person sends `rounds` messages one at a time, taking turns; then, `rounds`
+ * times, every person sends one message at once. Messages go through the first URL, and each
+ * tab's receipt of one is timed from just before the call.
  */
 export async function measureFanOut({
   urls,
@@ -36,8 +46,9 @@ export async function measureFanOut({
   rounds: number;
 }): Promise<FanOutResult> {
   const sentAt = new Map<string, number>();
-  const latencies: number[] = [];
+  let latencies: number[] = [];
   const pending = new Set<string>();
+  const streamErrors: unknown[] = [];
   let wake = () => {};
 
   const people = await Promise.all(
@@ -50,7 +61,11 @@ export async function measureFanOut({
           return new Promise<{ unsubscribe(): void }>((resolve, reject) => {
             const subscription = client.chat.events.subscribe(undefined, {
               onStarted: () => resolve(subscription),
-              onError: reject,
+              // tRPC reports a refused stream started, then its error: counted, the run fails.
+              onError: (error) => {
+                streamErrors.push(error);
+                reject(error);
+              },
               onData: ({ data }) => {
                 if (data.type !== 'message.created') return;
                 const started = sentAt.get(data.message.content);
@@ -68,16 +83,20 @@ export async function measureFanOut({
   );
 
   let missing = 0;
-  for (let round = 0; round < rounds; round += 1) {
+  /** Sends one message for each of `senders` at once; resolves when every tab has it (or after 10 s). */
+  async function send(senders: number[], label: string, answered: number[]) {
     const done = new Promise<void>((resolve) => (wake = resolve));
-    for (const [person] of people.entries()) {
-      for (let tab = 0; tab < tabsPerPerson; tab += 1) pending.add(`round ${round} person ${person}/${tab}`);
+    for (const person of senders) {
+      for (let tab = 0; tab < tabsPerPerson; tab += 1) pending.add(`${label} person ${person}/${tab}`);
     }
     await Promise.all(
-      people.map(({ writer, session }, person) => {
-        const content = `round ${round} person ${person}`;
-        sentAt.set(content, performance.now());
-        return writer.chat.sendMessage.mutate({ sessionId: session.id, content });
+      senders.map(async (person) => {
+        const { writer, session } = people[person]!;
+        const content = `${label} person ${person}`;
+        const started = performance.now();
+        sentAt.set(content, started);
+        await writer.chat.sendMessage.mutate({ sessionId: session.id, content });
+        answered.push(performance.now() - started);
       }),
     );
     const timedOut = await Promise.race([done.then(() => false), new Promise<boolean>((resolve) => setTimeout(resolve, 10_000, true))]);
@@ -86,19 +105,25 @@ export async function measureFanOut({
       pending.clear();
     }
   }
-  for (const { tabs } of people) for (const tab of tabs) tab.unsubscribe();
 
-  const sorted = [...latencies].sort((a, b) => a - b);
-  const at = (fraction: number) => sorted[Math.min(sorted.length - 1, Math.floor(fraction * sorted.length))] ?? Number.NaN;
-  return {
-    people: tokens.length,
-    tabsPerPerson,
-    instances: urls.length,
-    rounds,
-    samples: sorted.length,
-    p50Ms: at(0.5),
-    p99Ms: at(0.99),
-    maxMs: sorted.at(-1) ?? Number.NaN,
-    missing,
+  const everyone = people.map((_, person) => person);
+  const measure = async (rounds: { senders: number[]; label: string }[]): Promise<Latencies> => {
+    latencies = [];
+    const answered: number[] = [];
+    for (const { senders, label } of rounds) await send(senders, label, answered);
+    return { ...summary(latencies), answeredP50Ms: summary(answered).p50Ms };
   };
+  const oneAtATime = await measure(
+    Array.from({ length: rounds * people.length }, (_, turn) => ({ senders: [turn % people.length], label: `turn ${turn}` })),
+  );
+  const allAtOnce = await measure(Array.from({ length: rounds }, (_, round) => ({ senders: everyone, label: `round ${round}` })));
+  for (const { tabs } of people) for (const tab of tabs) tab.unsubscribe();
+  if (streamErrors.length > 0) throw new Error(`${streamErrors.length} event streams failed: ${String(streamErrors[0])}`);
+  return { people: tokens.length, tabsPerPerson, instances: urls.length, rounds, oneAtATime, allAtOnce, missing };
+}
+
+function summary(values: number[]) {
+  const sorted = [...values].sort((a, b) => a - b);
+  const at = (fraction: number) => sorted[Math.min(sorted.length - 1, Math.floor(fraction * sorted.length))] ?? Number.NaN;
+  return { samples: sorted.length, p50Ms: at(0.5), p99Ms: at(0.99), maxMs: sorted.at(-1) ?? Number.NaN };
 }

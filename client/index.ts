@@ -78,31 +78,39 @@ export type ApiClient = ReturnType<typeof createApiClient>;
 
 /** Failures of one stream this close together count as one run of failures. */
 const FAILURES_APART_MS = 10_000;
-/** The wait before each retry of a run: at once, then 1 s, then 3 s; after that the error is the subscriber's. */
-const RETRY_DELAYS_MS = [0, 1_000, 3_000];
+/** The waits before the retries of a run after a token expiry: at once, then 1 s, then 3 s; then the error is the subscriber's. */
+const EXPIRED_RETRY_DELAYS_MS = [0, 1_000, 3_000];
+/** After a connection that got no answer from the API: 1 s, doubling up to this, for as long as it lasts. */
+const UNREACHABLE_MAX_DELAY_MS = 30_000;
 
 /**
  * Which ended subscriptions `retryLink` opens again, with the last event id they delivered (so
- * nothing is missed): one ended by its token's expiry, with the token `getToken` gives now, and
- * one whose connection failed without an answer from the API (a proxy's error page, say). A
- * dropped connection, or a server restarting (503), is reconnected by the EventSource itself.
- * Other refusals (FORBIDDEN, BAD_REQUEST, TOO_MANY_REQUESTS), and a stream that keeps failing
- * (a `getToken` that goes on giving an expired token), reach the subscriber's `onError`.
+ * nothing is missed):
+ * - one ended by its token's expiry, with the token `getToken` gives now; three times in a row at
+ *   most, as a `getToken` that goes on giving an expired token would fail forever;
+ * - one whose connection got no answer from the API (a proxy's 502 page during a deploy), for as
+ *   long as that lasts, waiting longer each time.
+ *
+ * A dropped connection, or a server restarting (503), is reconnected by the EventSource itself.
+ * Other refusals (FORBIDDEN, BAD_REQUEST, TOO_MANY_REQUESTS) reach the subscriber's `onError`.
  */
 function resubscribing() {
-  const failures = new WeakMap<Operation['context'], { count: number; at: number }>();
+  /** Each stream's run of failures: how many, and when its last retry was due. */
+  const failures = new WeakMap<Operation['context'], { count: number; retriedAt: number }>();
   let delayMs = 0;
   return {
     retry({ op, error }: { op: Operation; error: TRPCClientError<AppRouter> }) {
       const expired = error.data?.code === 'UNAUTHORIZED' && error.data.authReason === 'expired';
-      if (!expired && error.data !== undefined) return false;
+      const unreachable = error.data === undefined;
+      if (!expired && !unreachable) return false;
       const now = Date.now();
       const previous = failures.get(op.context);
-      const count = previous && now - previous.at < FAILURES_APART_MS ? previous.count + 1 : 1;
-      failures.set(op.context, { count, at: now });
-      delayMs = RETRY_DELAYS_MS[count - 1] ?? 0;
-      return count <= RETRY_DELAYS_MS.length;
+      const count = previous && now - previous.retriedAt < FAILURES_APART_MS ? previous.count + 1 : 1;
+      delayMs = expired ? (EXPIRED_RETRY_DELAYS_MS[count - 1] ?? 0) : Math.min(1_000 * 2 ** (count - 1), UNREACHABLE_MAX_DELAY_MS);
+      failures.set(op.context, { count, retriedAt: now + delayMs });
+      return unreachable || count <= EXPIRED_RETRY_DELAYS_MS.length;
     },
+    // Asked right after `retry`, for the same stream.
     retryDelayMs: () => delayMs,
   };
 }

@@ -86,7 +86,12 @@ export async function openEventLog(tx: Database, owner: SessionOwner): Promise<E
       // One statement: the events, the member's newest id, and the notification, which
       // PostgreSQL sends when the transaction commits and drops when it rolls back.
       const inserted = tx.$with('inserted').as(
-        tx.insert(chatEvents).values(rows.map((row) => ({ ...owner, ...row }))).returning({ seq: chatEvents.seq }),
+        tx
+          .insert(chatEvents)
+          // The time of the insert, not of the transaction's start (`now()`): taken under the
+          // member's lock, it grows with `seq`, so deleting by age never leaves a hole mid-stream.
+          .values(rows.map((row) => ({ ...owner, ...row, createdAt: sql`clock_timestamp()` })))
+          .returning({ seq: chatEvents.seq }),
       );
       const raised = tx.$with('raised').as(
         tx
@@ -128,35 +133,57 @@ export async function getLatestEventSeq(db: Database, owner: SessionOwner): Prom
 }
 
 /**
- * The member's events after `afterSeq`, oldest first, at most `limit`, each message event with
- * its message's current row. Only the owner's own rows can match: both ids are in the `WHERE`.
+ * The member's events after `afterSeq`, oldest first: at most `limit`, and stopping before the
+ * message text would pass `maxBytes` (at least one event), so that text beyond it never leaves the
+ * database. Each message event comes with its message's current row. Only the owner's own rows
+ * can match: both ids are in the `WHERE`.
  */
 export async function getEventsAfter(
   db: Database,
-  { afterSeq, limit, ...owner }: SessionOwner & { afterSeq: number; limit: number },
+  { afterSeq, limit, maxBytes, ...owner }: SessionOwner & { afterSeq: number; limit: number; maxBytes: number },
 ): Promise<LoggedChatEvent[]> {
+  const page = db.$with('page').as(
+    db
+      .select({
+        seq: chatEvents.seq,
+        type: chatEvents.type,
+        sessionId: chatEvents.sessionId,
+        session: chatEvents.session,
+        messageId: chatEvents.messageId,
+        place: sql<number>`row_number() over (order by ${chatEvents.seq})`.as('place'),
+        // The text up to and including each event, in order.
+        bytesSoFar: sql<number>`sum(coalesce(octet_length(${chatMessages.content}), 0)) over (order by ${chatEvents.seq})`.as(
+          'bytes_so_far',
+        ),
+      })
+      .from(chatEvents)
+      .leftJoin(chatMessages, eq(chatMessages.id, chatEvents.messageId))
+      .where(
+        and(
+          eq(chatEvents.userId, owner.userId),
+          eq(chatEvents.organizationId, owner.organizationId),
+          gt(chatEvents.seq, afterSeq),
+        ),
+      )
+      .orderBy(asc(chatEvents.seq))
+      .limit(limit),
+  );
   const rows = await db
+    .with(page)
     .select({
-      seq: chatEvents.seq,
-      type: chatEvents.type,
-      sessionId: chatEvents.sessionId,
-      session: chatEvents.session,
+      seq: page.seq,
+      type: page.type,
+      sessionId: page.sessionId,
+      session: page.session,
       messageId: chatMessages.id,
       role: chatMessages.role,
       content: chatMessages.content,
       messageCreatedAt: chatMessages.createdAt,
     })
-    .from(chatEvents)
-    .leftJoin(chatMessages, eq(chatMessages.id, chatEvents.messageId))
-    .where(
-      and(
-        eq(chatEvents.userId, owner.userId),
-        eq(chatEvents.organizationId, owner.organizationId),
-        gt(chatEvents.seq, afterSeq),
-      ),
-    )
-    .orderBy(asc(chatEvents.seq))
-    .limit(limit);
+    .from(page)
+    .leftJoin(chatMessages, eq(chatMessages.id, page.messageId))
+    .where(sql`${page.place} = 1 or ${page.bytesSoFar} <= ${maxBytes}`)
+    .orderBy(asc(page.seq));
   return rows.map((row): LoggedChatEvent => {
     const base = { seq: row.seq, size: 256 };
     switch (row.type) {
@@ -176,8 +203,24 @@ export async function getEventsAfter(
   });
 }
 
-/** Deletes events recorded before `cutoff`; returns how many. */
-export async function deleteEventsRecordedBefore(db: Database, cutoff: Date): Promise<number> {
-  const deleted = await db.delete(chatEvents).where(lt(chatEvents.createdAt, cutoff)).returning({ seq: chatEvents.seq });
-  return deleted.length;
+/**
+ * Deletes events recorded before `cutoff`, in batches; returns how many. Rows another instance is
+ * deleting at the same moment are skipped rather than waited for.
+ */
+export async function deleteEventsRecordedBefore(db: Database, cutoff: Date, batchSize = 5_000): Promise<number> {
+  let total = 0;
+  for (;;) {
+    const batch = db
+      .select({ userId: chatEvents.userId, organizationId: chatEvents.organizationId, seq: chatEvents.seq })
+      .from(chatEvents)
+      .where(lt(chatEvents.createdAt, cutoff))
+      .limit(batchSize)
+      .for('update', { skipLocked: true });
+    const deleted = await db
+      .delete(chatEvents)
+      .where(sql`(${chatEvents.userId}, ${chatEvents.organizationId}, ${chatEvents.seq}) in (${batch})`)
+      .returning({ seq: chatEvents.seq });
+    total += deleted.length;
+    if (deleted.length < batchSize) return total;
+  }
 }

@@ -36,11 +36,21 @@ export interface ChatEventHubOptions {
 export const DEFAULT_EVENT_RETENTION_MS = 60 * 60_000;
 export const DEFAULT_SUBSCRIPTIONS_PER_PERSON = 20;
 
-/** Events read from the database at a time, by a stream catching up or a subscriber replaying. */
+/**
+ * Events read from the database at a time, by a stream catching up or a subscriber replaying: at
+ * most this many, and this much message text (at least one event).
+ */
 const PAGE_SIZE = 50;
-/** The newest events a member's stream keeps in memory for its subscribers: at most this many, and this much text. */
-const RECENT_MAX_EVENTS = 64;
-const RECENT_MAX_BYTES = 512 * 1024;
+const PAGE_MAX_BYTES = 64 * 1024;
+/**
+ * The newest events a member's stream keeps in memory for its subscribers: at most this many and
+ * this much text per member, and this much for all members of the instance together.
+ */
+const RECENT_MAX_EVENTS = 32;
+const RECENT_MAX_BYTES = 256 * 1024;
+const RECENT_TOTAL_MAX_BYTES = 64 * 1024 * 1024;
+/** A subscription tRPC has not started reading by then was abandoned (its call timed out, say). */
+const UNSTARTED_LIMIT_MS = 30_000;
 const PRUNE_EVERY_MS = 60_000;
 const FETCH_RETRY_MS = 1_000;
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -62,6 +72,7 @@ export function createChatEventHub(options: ChatEventHubOptions) {
   /** By stream key; a list, as two members could share a key (a digest). */
   const streams = new Map<string, MemberStream[]>();
   const perPerson = createInFlightLimit(options.subscriptionsPerPerson);
+  const memory: RecentMemory = { bytes: 0, limit: RECENT_TOTAL_MAX_BYTES };
   let listener: Listener | undefined;
   let lastHeardAt = Date.now();
   let reconnecting = false;
@@ -125,6 +136,7 @@ export function createChatEventHub(options: ChatEventHubOptions) {
       stream = new MemberStream(owner, {
         db,
         log,
+        memory,
         membershipCheckMs: options.membershipCheckMs,
         onEmpty: (emptied) => {
           const remaining = (streams.get(key) ?? []).filter((other) => other !== emptied);
@@ -178,6 +190,7 @@ export function createChatEventHub(options: ChatEventHubOptions) {
       try {
         await stream.ready;
         const start = await stream.startingPoint(lastEventId);
+        if (signal?.aborted) throw new TRPCError({ code: 'CLIENT_CLOSED_REQUEST', message: 'The client went away' });
         return subscriber.deliver(start);
       } catch (error) {
         subscriber.detach();
@@ -210,9 +223,16 @@ export function createChatEventHub(options: ChatEventHubOptions) {
 
 export type ChatEventHub = ReturnType<typeof createChatEventHub>;
 
+/** What the recent events of all streams of an instance take, and may take. */
+interface RecentMemory {
+  bytes: number;
+  limit: number;
+}
+
 interface StreamDeps {
   db: Database;
   log: Logger;
+  memory: RecentMemory;
   membershipCheckMs: number;
   onEmpty: (stream: MemberStream) => void;
 }
@@ -234,11 +254,14 @@ class MemberStream {
   private recent: LoggedChatEvent[] = [];
   private recentBytes = 0;
   private readonly membershipTimer: NodeJS.Timeout;
+  /** Starts each event id: an id of another member's stream is one this stream never gave. */
+  private readonly tag: string;
 
   constructor(
     readonly owner: SessionOwner,
     private readonly deps: StreamDeps,
   ) {
+    this.tag = eventStreamKey(owner).slice(0, 8);
     // Read after the stream is registered: an event committed later is notified to it.
     this.ready = getLatestEventSeq(deps.db, owner).then(
       (latest) => {
@@ -291,10 +314,29 @@ class MemberStream {
     return (await getLatestEventSeq(this.deps.db, this.owner)) ?? 0;
   }
 
+  /**
+   * Where a subscriber goes on from after a gap: the newest id. Should the member's ids have
+   * started over (the membership removed and made again), what this stream read is forgotten.
+   */
+  async resyncPoint(): Promise<number> {
+    const latest = await this.latest();
+    if (latest < this.fetchedTo) {
+      this.fetchedTo = latest;
+      this.forgetRecent();
+    }
+    return latest;
+  }
+
+  /** The id a subscriber sees for `seq`: `<tag>:<seq>`. */
+  idOf(seq: number): string {
+    return `${this.tag}:${seq}`;
+  }
+
   /** Where a new subscriber starts, and whether it must first be told to `resync`. */
   async startingPoint(lastEventId: string | null | undefined): Promise<StartingPoint> {
     if (lastEventId === null || lastEventId === undefined) return { position: this.fetchedTo, resync: false };
-    const requested = /^\d{1,15}$/.test(lastEventId) ? Number(lastEventId) : undefined;
+    const [tag, seq] = lastEventId.split(':');
+    const requested = tag === this.tag && seq !== undefined && /^\d{1,15}$/.test(seq) ? Number(seq) : undefined;
     if (requested !== undefined && requested <= this.fetchedTo) return { position: requested, resync: false };
     // Newer than this instance has read (another one delivered it first), or not an id we gave.
     const latest = await this.latest();
@@ -312,8 +354,19 @@ class MemberStream {
     if (position >= this.fetchedTo) return [];
     const oldest = this.recent[0];
     if (oldest && oldest.seq <= position + 1) return this.recent.filter((logged) => logged.seq > position);
-    const page = await getEventsAfter(this.deps.db, { ...this.owner, afterSeq: position, limit: PAGE_SIZE });
+    const page = await this.readPage(position);
     return page[0]?.seq === position + 1 ? page : 'gap';
+  }
+
+  /**
+   * A page of the events after `position`, up to the first missing id if any (deleted past the
+   * retention while later ones were kept): what comes after it is read, and found to start with a
+   * gap, on the next call.
+   */
+  private async readPage(position: number): Promise<LoggedChatEvent[]> {
+    const page = await getEventsAfter(this.deps.db, { ...this.owner, afterSeq: position, limit: PAGE_SIZE, maxBytes: PAGE_MAX_BYTES });
+    const hole = page.findIndex((logged, index) => index > 0 && logged.seq !== page[index - 1]!.seq + 1);
+    return hole === -1 ? page : page.slice(0, hole);
   }
 
   /** Resolves at the next change of `fetchedTo`. */
@@ -331,14 +384,15 @@ class MemberStream {
     try {
       while (!this.stopped && (this.probe || this.notifiedTo > this.fetchedTo)) {
         this.probe = false;
-        const page = await getEventsAfter(this.deps.db, { ...this.owner, afterSeq: this.fetchedTo, limit: PAGE_SIZE });
+        const page = await this.readPage(this.fetchedTo);
         const first = page[0];
         if (!first) break;
         // Older events were deleted meanwhile: what is kept must stay without gaps.
-        if (first.seq !== this.fetchedTo + 1) this.recent = [];
+        if (first.seq !== this.fetchedTo + 1) this.forgetRecent();
         this.remember(page);
         this.fetchedTo = page.at(-1)!.seq;
-        if (page.length === PAGE_SIZE) this.probe = true;
+        // A short page may end at a byte budget or a hole: read on until one comes back empty.
+        this.probe = true;
         this.wakeAll();
       }
     } catch (error) {
@@ -351,11 +405,28 @@ class MemberStream {
   }
 
   private remember(page: LoggedChatEvent[]) {
-    this.recent.push(...page);
-    this.recentBytes = this.recent.reduce((total, logged) => total + logged.size, 0);
-    while (this.recent.length > RECENT_MAX_EVENTS || (this.recent.length > 1 && this.recentBytes > RECENT_MAX_BYTES)) {
-      this.recentBytes -= this.recent.shift()!.size;
+    const { memory } = this.deps;
+    for (const logged of page) {
+      this.recent.push(logged);
+      this.recentBytes += logged.size;
+      memory.bytes += logged.size;
     }
+    // Over the instance's budget, a stream keeps nothing: its subscribers read from the database.
+    while (
+      this.recent.length > RECENT_MAX_EVENTS ||
+      (this.recent.length > 1 && this.recentBytes > RECENT_MAX_BYTES) ||
+      (this.recent.length > 0 && memory.bytes > memory.limit)
+    ) {
+      const dropped = this.recent.shift()!.size;
+      this.recentBytes -= dropped;
+      memory.bytes -= dropped;
+    }
+  }
+
+  private forgetRecent() {
+    this.deps.memory.bytes -= this.recentBytes;
+    this.recent = [];
+    this.recentBytes = 0;
   }
 
   private async checkMembership() {
@@ -373,6 +444,7 @@ class MemberStream {
     if (this.stopped) return;
     this.stopped = true;
     clearInterval(this.membershipTimer);
+    this.forgetRecent();
     this.deps.onEmpty(this);
   }
 }
@@ -380,10 +452,13 @@ class MemberStream {
 /** One open `chat.events` stream: a position in its member's stream, and why it must end, if it must. */
 class Subscriber {
   private ended: TRPCError | undefined;
+  private started = false;
   private resolveWait: (() => void) | undefined;
   private expiryTimer: NodeJS.Timeout | undefined;
+  private readonly unstartedTimer: NodeJS.Timeout;
   private detached = false;
-  private readonly onAbort = () => this.wake();
+  // The client left: also before tRPC started reading the stream, whose `finally` then never runs.
+  private readonly onAbort = () => this.detach();
 
   constructor(
     private readonly stream: MemberStream,
@@ -392,21 +467,28 @@ class Subscriber {
     private readonly leave: () => void,
   ) {
     stream.add(this);
-    this.armExpiry();
-    // A stream the client left before it was read from still lets go of its place.
     signal?.addEventListener('abort', this.onAbort, { once: true });
+    // tRPC reads a subscription as soon as its procedure returns it; one it never reads (the call
+    // answered 503 at its deadline meanwhile) lets go of its place here.
+    this.unstartedTimer = setTimeout(() => {
+      if (!this.started) this.detach();
+    }, UNSTARTED_LIMIT_MS).unref();
+    this.armExpiry();
   }
 
   async *deliver({ position, resync }: StartingPoint): AsyncGenerator<TrackedEnvelope<ChatEvent>> {
+    this.started = true;
+    clearTimeout(this.unstartedTimer);
+    const { stream } = this;
     try {
-      if (resync) yield tracked(String(position), RESYNC);
+      if (resync) yield tracked(stream.idOf(position), RESYNC);
       while (true) {
-        if (this.signal?.aborted) return;
         if (this.ended) throw this.ended;
-        const next = await this.stream.eventsAfter(position);
+        if (this.signal?.aborted || this.detached) return;
+        const next = await stream.eventsAfter(position);
         if (next === 'gap') {
-          position = Math.max(position, await this.stream.latest());
-          yield tracked(String(position), RESYNC);
+          position = await stream.resyncPoint();
+          yield tracked(stream.idOf(position), RESYNC);
           continue;
         }
         if (next.length === 0) {
@@ -415,7 +497,7 @@ class Subscriber {
         }
         for (const { seq, event } of next) {
           position = seq;
-          if (event) yield tracked(String(seq), event);
+          if (event) yield tracked(stream.idOf(seq), event);
         }
       }
     } catch (error) {
@@ -431,9 +513,11 @@ class Subscriber {
     resolve?.();
   }
 
+  /** Ends the stream with `error`, which its reader gets next; one not being read lets go at once. */
   end(error: TRPCError) {
     this.ended ??= error;
-    this.wake();
+    if (this.started) this.wake();
+    else this.detach();
   }
 
   /** Lets go of everything the subscription holds; safe to call more than once. */
@@ -441,6 +525,7 @@ class Subscriber {
     if (this.detached) return;
     this.detached = true;
     clearTimeout(this.expiryTimer);
+    clearTimeout(this.unstartedTimer);
     this.signal?.removeEventListener('abort', this.onAbort);
     this.stream.remove(this);
     this.leave();

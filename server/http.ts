@@ -46,7 +46,9 @@ export function createHttpServer(deps: HttpServerDeps): http.Server {
     onError({ error, path, ctx, req }) {
       const log = ctx?.log ?? requestLog(req);
       const status = getHTTPStatusCodeFromError(error);
-      if (status >= 500) log.error({ err: error.cause ?? error, path, code: error.code, status }, 'Request failed');
+      // A 503 with no cause is one we chose (event streams ended by a shutdown): no failure to report.
+      const chosen = error.code === 'SERVICE_UNAVAILABLE' && error.cause === undefined;
+      if (status >= 500 && !chosen) log.error({ err: error.cause ?? error, path, code: error.code, status }, 'Request failed');
       else log.info({ path, code: error.code, status, ...refusal(error) }, 'Request refused');
     },
   });

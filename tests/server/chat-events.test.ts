@@ -1,5 +1,7 @@
 import { randomUUID } from 'node:crypto';
+import { once } from 'node:events';
 import nodeHttp from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
 import { TRPCClientError, createTRPCClient, httpSubscriptionLink } from '@trpc/client';
 import { EventSource } from 'eventsource';
 import superjson from 'superjson';
@@ -8,12 +10,11 @@ import { sql } from 'drizzle-orm';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, inject, it, vi } from 'vitest';
 import { type ApiClient, type AppRouter, createApiClient } from '../../client/index.js';
-import { deleteEventsRecordedBefore } from '../../db/chat-events.js';
 import { type DatabaseHandle, openDatabase } from '../../db/database.js';
 import { type RunningServer, startServer } from '../../server/app.js';
 import { AccessTokenError } from '../../server/auth/access-token.js';
 import { SSE_HEARTBEAT_MS } from '../../server/trpc.js';
-import { createEmptyDatabase, deactivateMembership, whileInsertsFail } from '../support/database.js';
+import { createEmptyDatabase, deactivateMembership, expireChatEvents, whileInsertsFail } from '../support/database.js';
 import { type TestIdentityProvider, startIdentityProvider } from '../support/identity-provider.js';
 import { productionConfig } from '../support/server-config.js';
 import { type ReceivedEvent, watchEvents } from '../support/events.js';
@@ -41,7 +42,11 @@ async function signIn(claims: Record<string, unknown> = {}) {
   return { client: http.clientFor(token), token, sub, tenantId };
 }
 
-const ids = (events: ReceivedEvent[]) => events.map((event) => Number(event.id));
+/** An event id is `<tag of the member's stream>:<number>`, the numbers following one another. */
+const seqOf = (id: string) => Number(id.split(':')[1]);
+const ids = (events: ReceivedEvent[]) => events.map((event) => seqOf(event.id));
+/** The id `steps` after `id` in the same stream. */
+const idAfter = (id: string, steps: number) => `${id.split(':')[0]}:${seqOf(id) + steps}`;
 
 /** The error that ended a subscription, as its `onError` received it. */
 function endedWith(error: unknown) {
@@ -102,6 +107,29 @@ describe('chat.events through the typed client over HTTP', () => {
     }
   });
 
+  it('is registered when the procedure returns, before tRPC reads the stream or reports it connected', async () => {
+    const { client, sub, tenantId } = await signIn();
+    const session = await client.chat.getActiveSession.query();
+    const controller = new AbortController();
+    // What the procedure returns to tRPC, which then sends "connected" and only then reads it.
+    const stream = await app.deps.chatEvents.subscribe({
+      owner: { userId: sub, organizationId: tenantId },
+      lastEventId: null,
+      expiresAt: new Date(Date.now() + 60_000),
+      signal: controller.signal,
+    });
+    const message = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'before the first read' });
+    // The notification has long been handled by the time a slow reader starts.
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const events = stream[Symbol.asyncIterator]();
+    try {
+      expect((await events.next()).value?.[1]).toEqual({ type: 'message.created', message });
+    } finally {
+      controller.abort();
+      await events.return?.(undefined);
+    }
+  });
+
   it("delivers nobody else's events: not a colleague's, not the caller's own in another organization", async () => {
     const ada = await signIn();
     const grace = await signIn({ tenantId: ada.tenantId });
@@ -156,12 +184,13 @@ describe('chat.events through the typed client over HTTP', () => {
       { type: 'message.created', message: later },
       expect.objectContaining({ type: 'session.updated' }),
     ]);
-    expect(ids(resumed.received)).toEqual([1, 2, 3, 4, 5].map((step) => Number(lastEventId) + step));
+    expect(resumed.received.map((event) => event.id)).toEqual([1, 2, 3, 4, 5].map((step) => idAfter(lastEventId, step)));
     resumed.close();
   });
 
   it('says resync, with the id to go on from, when the events since lastEventId are no longer kept or it is not one it gave', async () => {
-    const { client } = await signIn();
+    const { client, sub, tenantId } = await signIn();
+    const owner = { userId: sub, organizationId: tenantId };
     const session = await client.chat.getActiveSession.query();
     const first = watchEvents(client);
     await first.connected();
@@ -170,25 +199,56 @@ describe('chat.events through the typed client over HTTP', () => {
     first.close();
     const seen = first.received.at(-1)!.id;
     await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'two' });
-    const latest = String(Number(seen) + 2);
+    const latest = idAfter(seen, 2);
+    // Another person's id, with a number this stream has given.
+    const someoneElses = (await signIn()).client;
+    const theirs = watchEvents(someoneElses);
+    await theirs.connected();
+    await someoneElses.chat.getActiveSession.query();
+    await theirs.atLeast(1);
+    theirs.close();
 
-    for (const lastEventId of ['not-an-id', String(Number(latest) + 1_000), '-1', '1e3']) {
+    for (const lastEventId of ['not-an-id', idAfter(latest, 1_000), seqOf(seen).toString(), theirs.received[0]!.id, `${seen}x`, '-1']) {
       const watch = watchEvents(client, { lastEventId });
       await watch.atLeast(1);
       expect(watch.received[0]).toEqual({ id: latest, data: { type: 'resync' } });
       watch.close();
     }
 
-    // Past the retention: the events after `seen` are deleted, as the hourly clean-up would.
-    await deleteEventsRecordedBefore(app.db, new Date(Date.now() + 60_000));
+    // Past the retention: the events after `seen` are deleted, as the clean-up does.
+    await expireChatEvents(app.db, owner);
     const late = watchEvents(client, { lastEventId: seen });
     await late.atLeast(1);
     expect(late.received[0]).toEqual({ id: latest, data: { type: 'resync' } });
     // And then live, from there on.
     const next = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'three' });
     await late.atLeast(3);
-    expect(late.received[1]).toEqual({ id: String(Number(latest) + 1), data: { type: 'message.created', message: next } });
+    expect(late.received[1]).toEqual({ id: idAfter(latest, 1), data: { type: 'message.created', message: next } });
     late.close();
+  });
+
+  it('delivers what is kept up to a missing event, then says resync rather than skip it', async () => {
+    const { client, sub, tenantId } = await signIn();
+    const session = await client.chat.getActiveSession.query();
+    const first = watchEvents(client);
+    await first.connected();
+    await client.chat.renameSession.mutate({ sessionId: session.id, title: 'Seen' });
+    await first.atLeast(1);
+    first.close();
+    const seen = first.received[0]!.id;
+    const kept = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'kept' });
+    await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'after the hole' });
+    // The session.updated right after `kept` is gone; the events around it are not.
+    await expireChatEvents(app.db, { userId: sub, organizationId: tenantId }, [seqOf(seen) + 2]);
+
+    const resumed = watchEvents(client, { lastEventId: seen });
+    await resumed.atLeast(2);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(resumed.received).toEqual([
+      { id: idAfter(seen, 1), data: { type: 'message.created', message: kept } },
+      { id: idAfter(seen, 4), data: { type: 'resync' } },
+    ]);
+    resumed.close();
   });
 
   it('refuses a lastEventId longer than any it gives with BAD_REQUEST', async () => {
@@ -218,7 +278,7 @@ describe('chat.events through the typed client over HTTP', () => {
       'after',
       false,
     ]);
-    expect(watch.received[2]).toEqual({ id: String(Number(watch.received[1]!.id) + 1), data: { type: 'message.created', message: after } });
+    expect(watch.received[2]).toEqual({ id: idAfter(watch.received[1]!.id, 1), data: { type: 'message.created', message: after } });
     watch.close();
   });
 
@@ -304,6 +364,58 @@ describe('how a chat.events stream ends', () => {
     watch.close();
   });
 
+  it('and createApiClient keeps reopening it while a proxy in front answers 502, then resumes from the last id', async () => {
+    const { client: writer, token } = await signIn();
+    const session = await writer.chat.getActiveSession.query();
+    // A load balancer in front of the API, that answers 502 with a page of its own while `refusing`.
+    let refusing = false;
+    let refused = 0;
+    const sockets = new Set<Socket>();
+    const proxy = nodeHttp.createServer((req, res) => {
+      if (refusing) {
+        refused += 1;
+        res.writeHead(502, { 'content-type': 'text/html' }).end('<h1>502 Bad Gateway</h1>');
+        return;
+      }
+      const upstream = nodeHttp.request(`${http.url}${req.url}`, { method: req.method, headers: req.headers }, (answer) => {
+        res.writeHead(answer.statusCode ?? 502, answer.headers);
+        answer.pipe(res);
+      });
+      upstream.on('error', () => res.destroy());
+      // A client that leaves takes its upstream connection with it, as a load balancer's does.
+      res.on('close', () => upstream.destroy());
+      req.pipe(upstream);
+    });
+    proxy.on('connection', (socket) => {
+      sockets.add(socket);
+      socket.on('close', () => sockets.delete(socket));
+    });
+    proxy.listen(0, '127.0.0.1');
+    await once(proxy, 'listening');
+    const proxyUrl = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
+
+    const watch = watchEvents(createApiClient({ url: `${proxyUrl}/trpc`, getToken: () => token }));
+    await watch.connected();
+    const before = await writer.chat.sendMessage.mutate({ sessionId: session.id, content: 'before the outage' });
+    await watch.atLeast(2);
+
+    refusing = true;
+    for (const socket of sockets) socket.destroy();
+    const during = await writer.chat.sendMessage.mutate({ sessionId: session.id, content: 'during the outage' });
+    await vi.waitFor(() => expect(refused).toBeGreaterThanOrEqual(2), { timeout: 10_000 });
+    refusing = false;
+
+    await watch.until(() => expect(watch.received.map((event) => event.data)).toContainEqual({ type: 'message.created', message: during }), 15_000);
+    expect(watch.errors).toEqual([]);
+    const messages = watch.received.flatMap((event) => (event.data.type === 'message.created' ? [event.data.message] : []));
+    expect(messages).toEqual([before, during]);
+    const numbers = ids(watch.received);
+    expect(numbers).toEqual(numbers.map((_, index) => numbers[0]! + index));
+    watch.close();
+    proxy.closeAllConnections();
+    proxy.close();
+  }, 30_000);
+
   it('when the membership is deactivated, within the time the member cache may remember it, with FORBIDDEN', async () => {
     const { client, sub, tenantId } = await signIn();
     const watch = watchEvents(client);
@@ -329,13 +441,11 @@ describe('limits', () => {
     const colleague = watchEvents(grace.client);
     await colleague.connected();
     colleague.close();
-    // Closing one makes room at once.
+    // Closing one makes room as soon as the server sees the connection close.
     open.pop()!.close();
+    await vi.waitFor(() => expect(app.deps.chatEvents.stats().subscriptions).toBe(SUBSCRIPTIONS_PER_PERSON - 1));
     const again = watchEvents(ada.client);
-    await again.until(() => {
-      if (again.starts === 0) throw new Error('not connected yet');
-    });
-    expect(again.errors).toEqual([]);
+    await again.connected();
     for (const watch of [...open, again]) watch.close();
   });
 
@@ -344,9 +454,11 @@ describe('limits', () => {
     const gc = await exposeGc();
     const cycle = async (count: number) => {
       for (let index = 0; index < count; index++) {
+        // As a frontend does: open, receive, close.
         const watch = watchEvents(client);
-        await watch.connected();
+        await vi.waitFor(() => expect(app.deps.chatEvents.stats().subscriptions).toBe(1), { interval: 1 });
         watch.close();
+        await vi.waitFor(() => expect(app.deps.chatEvents.stats().subscriptions).toBe(0), { interval: 1 });
       }
       await settled();
     };
@@ -364,6 +476,30 @@ describe('limits', () => {
     // stream would hold kilobytes each: several megabytes over 1,000.
     expect(grown).toBeLessThan(3 * 2 ** 20);
   }, 60_000);
+
+  it('lets go at once of a stream whose client left while it was being set up, before tRPC read it', async () => {
+    const { client, token } = await signIn();
+    await client.chat.getActiveSession.query();
+    for (let round = 0; round < 5; round++) {
+      const gone = new AbortController();
+      // The set-up reads the member's row, which waits while the table is locked.
+      await app.db.transaction(async (tx) => {
+        await tx.execute(sql`lock table organization_members in access exclusive mode`);
+        const request = fetch(`${http.url}/trpc/chat.events`, { headers: { authorization: `Bearer ${token}` }, signal: gone.signal });
+        await vi.waitFor(() => expect(app.deps.chatEvents.stats().subscriptions).toBe(1), { interval: 1 });
+        gone.abort();
+        await request.catch(() => undefined);
+        // Long enough for the server to see the connection close while the set-up still waits.
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      });
+      // Not after the 30 s that a stream tRPC never reads is given.
+      await vi.waitFor(() => expect(app.deps.chatEvents.stats()).toEqual({ members: 0, subscriptions: 0 }), { timeout: 2_000 });
+    }
+    // Its place is free again: the limit counts what is open.
+    const watches = Array.from({ length: SUBSCRIPTIONS_PER_PERSON }, () => watchEvents(client));
+    await Promise.all(watches.map((watch) => watch.connected()));
+    for (const watch of watches) watch.close();
+  });
 });
 
 describe('a subscriber that reads slowly', () => {
@@ -523,7 +659,7 @@ describe.skipIf(!inject('databaseUrl'))('chat.events across two instances on one
     expect(onB.received.filter((event) => event.data.type === 'message.created').map((event) => event.data)).toEqual(
       missed.map((message) => ({ type: 'message.created', message })),
     );
-    expect(ids(onB.received)).toEqual([1, 2, 3, 4, 5, 6].map((step) => Number(onA.received.at(-1)!.id) + step));
+    expect(onB.received.map((event) => event.id)).toEqual([1, 2, 3, 4, 5, 6].map((step) => idAfter(onA.received.at(-1)!.id, step)));
     onB.close();
   });
 

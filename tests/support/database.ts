@@ -1,8 +1,9 @@
 import { randomBytes } from 'node:crypto';
-import { and, eq, sql } from 'drizzle-orm';
+import { and, eq, inArray, sql } from 'drizzle-orm';
 import { inject } from 'vitest';
 import { type Database, type DatabaseHandle, type DatabaseObserver, openDatabase } from '../../db/database.js';
-import { organizationMembers } from '../../db/schema.js';
+import { deleteEventsRecordedBefore } from '../../db/chat-events.js';
+import { chatEvents, organizationMembers } from '../../db/schema.js';
 import { createDatabase } from '../../db/throwaway-database.js';
 
 /** This run's PostgreSQL database when DATABASE_URL is set, else a fresh in-memory PGlite. */
@@ -72,4 +73,30 @@ export async function deactivateMembership(db: Database, { userId, organizationI
     .update(organizationMembers)
     .set({ isActive: false })
     .where(and(eq(organizationMembers.userId, userId), eq(organizationMembers.organizationId, organizationId)));
+}
+
+/**
+ * Makes a member's chat events (those numbered `seqs`, else all) older than any retention and
+ * deletes them as the server's clean-up does. In one transaction, whose row locks keep the
+ * clean-up of running instances (other test files) off them meanwhile.
+ */
+export async function expireChatEvents(
+  db: Database,
+  { userId, organizationId }: { userId: string; organizationId: string },
+  seqs?: number[],
+) {
+  const dayAgo = new Date(Date.now() - 86_400_000);
+  await db.transaction(async (tx) => {
+    await tx
+      .update(chatEvents)
+      .set({ createdAt: new Date(dayAgo.getTime() - 60_000) })
+      .where(
+        and(
+          eq(chatEvents.userId, userId),
+          eq(chatEvents.organizationId, organizationId),
+          seqs ? inArray(chatEvents.seq, seqs) : undefined,
+        ),
+      );
+    await deleteEventsRecordedBefore(tx, dayAgo);
+  });
 }

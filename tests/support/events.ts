@@ -1,6 +1,9 @@
 import { vi } from 'vitest';
 import type { ApiClient, ChatEvent } from '../../client/index.js';
 
+/** How long after "connected" a refusal would have arrived: it is sent right behind it. */
+const REFUSAL_GRACE_MS = 10;
+
 export interface ReceivedEvent {
   id: string;
   data: ChatEvent;
@@ -32,11 +35,17 @@ export function watchEvents(client: ApiClient, input?: { lastEventId?: string | 
       return starts;
     },
     until,
-    /** Resolves once the stream has reported itself connected (tRPC's `onStarted`). */
-    connected: () =>
-      until(() => {
+    /**
+     * Resolves once the stream has reported itself connected (tRPC's `onStarted`) and was not
+     * refused: tRPC reports a refused stream connected too, then its error right after.
+     */
+    connected: async () => {
+      await until(() => {
         if (starts === 0) throw new Error('not connected yet');
-      }),
+      });
+      await new Promise((resolve) => setTimeout(resolve, REFUSAL_GRACE_MS));
+      if (errors.length > 0) throw errors[0];
+    },
     /** Resolves once `count` events have arrived. */
     atLeast: (count: number, timeout?: number) =>
       until(() => {

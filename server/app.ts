@@ -77,13 +77,18 @@ export async function startServer(config: Config, log: Logger, observers: Server
     url,
     async close() {
       const closed = once(server, 'close');
-      // Since Node 19, close() also closes idle keep-alive connections.
+      // Since Node 19, close() also closes the keep-alive connections idle at that moment.
       server.close();
       // Event streams never end by themselves: they end now, telling clients to reconnect (to
-      // another instance), and their connections close once the answer is out.
+      // another instance). Their connections fall idle once that answer is out: closed then,
+      // before an EventSource (which waits 3 s) can send its next request on them.
       await deps.chatEvents.close();
-      server.closeIdleConnections();
-      await closed;
+      const sweep = setInterval(() => server.closeIdleConnections(), 50);
+      try {
+        await closed;
+      } finally {
+        clearInterval(sweep);
+      }
       await database.close();
     },
   };

@@ -59,6 +59,9 @@ export function createHttpServer(deps: HttpServerDeps): http.Server {
     // From here on the header holds the id this response carries, whatever the client sent.
     req.headers['x-request-id'] = requestId;
     res.setHeader('x-request-id', requestId);
+    // Shutting down: a request on a connection kept alive from before is answered, and the
+    // connection closed after it, so that the client's next one goes to another instance.
+    if (!server.listening) res.setHeader('connection', 'close');
 
     // tRPC parses the URL itself; here the path before any query string is enough to route.
     const url = req.url ?? '/';

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createApiClient } from '../client/index.js';
+import { watchEvents } from './support/events.js';
 import { interrupt, newcomerEnv as newcomer, run, waitForListening } from './support/processes.js';
 
 const projectRoot = join(import.meta.dirname, '..');
@@ -45,7 +46,7 @@ describe('the README start path', () => {
       // The walk-through the README offers, against this fresh server.
       const demo = await run('npm', ['run', '-s', 'demo', '--', '--url', url], { cwd: projectRoot, env: newcomerEnv() });
       expect(demo.stdout).toContain('✓ one organization, two members');
-      expect(demo.stdout).toMatch(/tab 2 ← #\d+ message\.created "Thanks!"/);
+      expect(demo.stdout).toMatch(/tab 2 ← #\S+ message\.created "Thanks!"/);
       expect(demo.stdout).toContain('✓ the second tab received every message live, once each, in order');
       expect(demo.stdout).toMatch(/page 3: "How does tRPC share types/);
       expect(demo.stdout).toContain('✓ getSession: NOT_FOUND');
@@ -72,9 +73,12 @@ describe('the README start path', () => {
       const token = stdout.trim();
       const session = await createApiClient({ url: `${url}/trpc`, getToken: () => token }).chat.getActiveSession.query();
 
-      // An open event stream, which would never end by itself.
+      // Open event streams, which would never end by themselves: one read raw, one of the typed
+      // client, whose EventSource reconnects when its stream ends.
       const stream = await fetch(`${url}/trpc/chat.events`, { headers: { authorization: `Bearer ${token}` } });
       const streamText = new Response(stream.body).text();
+      const subscriber = watchEvents(createApiClient({ url: `${url}/trpc`, getToken: () => token }));
+      await subscriber.connected();
 
       // A request that has arrived but not finished: its body is still coming when the signal does.
       const body = JSON.stringify({ json: { sessionId: session.id, content: 'sent across the shutdown' } });
@@ -85,6 +89,7 @@ describe('the README start path', () => {
       const response = once(request, 'response') as Promise<[IncomingMessage]>;
       request.write(body.slice(0, 20));
       await sleep(200);
+      const signalledAt = Date.now();
       child.kill(signal);
       await sleep(300);
 
@@ -105,6 +110,9 @@ describe('the README start path', () => {
 
       const [code] = await exited;
       expect(code).toBe(0);
+      // Well before the 10 s shutdown deadline, which exits 1.
+      expect(Date.now() - signalledAt).toBeLessThan(5_000);
+      subscriber.close();
     },
   );
 });

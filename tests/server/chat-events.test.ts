@@ -3,21 +3,17 @@ import { once } from 'node:events';
 import nodeHttp from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { TRPCClientError, createTRPCClient, httpSubscriptionLink } from '@trpc/client';
-import { EventSource } from 'eventsource';
-import superjson from 'superjson';
 import { TRPCError } from '@trpc/server';
 import { sql } from 'drizzle-orm';
-import { pino } from 'pino';
+import { EventSource } from 'eventsource';
+import superjson from 'superjson';
 import { afterAll, beforeAll, describe, expect, inject, it, vi } from 'vitest';
 import { type ApiClient, type AppRouter, createApiClient } from '../../client/index.js';
-import { type DatabaseHandle, openDatabase } from '../../db/database.js';
-import { type RunningServer, startServer } from '../../server/app.js';
 import { AccessTokenError } from '../../server/auth/access-token.js';
 import { SSE_HEARTBEAT_MS } from '../../server/trpc.js';
-import { createEmptyDatabase, deactivateMembership, expireChatEvents, whileInsertsFail } from '../support/database.js';
-import { type TestIdentityProvider, startIdentityProvider } from '../support/identity-provider.js';
-import { productionConfig } from '../support/server-config.js';
+import { deactivateMembership, expireChatEvents, whileInsertsFail } from '../support/database.js';
 import { type ReceivedEvent, watchEvents } from '../support/events.js';
+import { type Instances, startInstances } from '../support/instances.js';
 import { type TestApp, startHttpServer, startTestApp } from '../support/test-app.js';
 
 const MEMBERSHIP_CHECK_MS = 200;
@@ -598,29 +594,16 @@ const activeTimers = () => process.getActiveResourcesInfo().filter((kind) => kin
 
 // Several instances share one PostgreSQL; PGlite belongs to a single process.
 describe.skipIf(!inject('databaseUrl'))('chat.events across two instances on one PostgreSQL', () => {
-  let empty: NonNullable<Awaited<ReturnType<typeof createEmptyDatabase>>>;
-  let idp: TestIdentityProvider;
-  let servers: [RunningServer, RunningServer];
-  let database: DatabaseHandle;
+  let instances: Instances;
 
   beforeAll(async () => {
-    empty = (await createEmptyDatabase('events'))!;
-    idp = await startIdentityProvider();
-    const log = pino({ level: 'silent' });
-    const start = () => startServer(productionConfig(empty.url, idp), log);
-    servers = [await start(), await start()];
-    database = openDatabase({ kind: 'postgres', url: empty.url, poolSize: 2 });
+    instances = await startInstances('events', 2);
   });
-  afterAll(async () => {
-    await Promise.all(servers?.map((server) => server.close()) ?? []);
-    await database?.close();
-    await idp?.close();
-    await empty?.drop();
-  });
+  afterAll(() => instances?.close());
 
   async function person(claims: Record<string, unknown> = {}) {
-    const token = await idp.mintToken({ claims: { tenantId: randomUUID(), ...claims } });
-    const [a, b] = servers.map((server) => createApiClient({ url: `${server.url}/trpc`, getToken: () => token }));
+    const token = await instances.idp.mintToken({ claims: { tenantId: randomUUID(), ...claims } });
+    const [a, b] = instances.servers.map((server) => createApiClient({ url: `${server.url}/trpc`, getToken: () => token }));
     return { a: a!, b: b!, claims: decodeClaims(token) };
   }
 
@@ -686,7 +669,7 @@ describe.skipIf(!inject('databaseUrl'))('chat.events across two instances on one
     const onB = watchEvents(ada.b);
     await onB.connected();
     // Every instance's LISTEN connection, cut by PostgreSQL as a failover or a network drop would.
-    await database.db.execute(
+    await instances.database.db.execute(
       sql`select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'frontegg-trpc-chat listener' and datname = current_database()`,
     );
     const message = await ada.a.chat.sendMessage.mutate({ sessionId: session.id, content: 'while B was not listening' });

@@ -1,38 +1,23 @@
 import { randomUUID } from 'node:crypto';
 import { count, eq } from 'drizzle-orm';
-import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createApiClient } from '../../client/index.js';
-import { type DatabaseHandle, openDatabase } from '../../db/database.js';
 import { chatSessions, organizationMembers, organizations, users } from '../../db/schema.js';
-import { type RunningServer, startServer } from '../../server/app.js';
-import { createEmptyDatabase } from '../support/database.js';
-import { type TestIdentityProvider, startIdentityProvider } from '../support/identity-provider.js';
-import { productionConfig } from '../support/server-config.js';
+import { type Instances, startInstances } from '../support/instances.js';
 
 const INSTANCES = 3;
 
 // Several instances share one PostgreSQL; PGlite belongs to a single process.
 describe.skipIf(!inject('databaseUrl'))(`${INSTANCES} instances started at once on one empty database`, () => {
-  let empty: NonNullable<Awaited<ReturnType<typeof createEmptyDatabase>>>;
-  let idp: TestIdentityProvider;
-  let servers: RunningServer[];
-  let database: DatabaseHandle;
+  let instances: Instances;
+  let servers: Instances['servers'];
+  let database: Instances['database'];
 
   beforeAll(async () => {
-    empty = (await createEmptyDatabase('instances'))!;
-    idp = await startIdentityProvider();
-    const log = pino({ level: 'silent' });
-    // What `npm start` does in each process: migrate under the advisory lock, then listen.
-    servers = await Promise.all(Array.from({ length: INSTANCES }, () => startServer(productionConfig(empty.url, idp), log)));
-    database = openDatabase({ kind: 'postgres', url: empty.url, poolSize: 2 });
+    instances = await startInstances('instances', INSTANCES);
+    ({ servers, database } = instances);
   });
-  afterAll(async () => {
-    await Promise.all(servers?.map((server) => server.close()) ?? []);
-    await database?.close();
-    await idp?.close();
-    await empty?.drop();
-  });
+  afterAll(() => instances?.close());
 
   /** A typed client of the `index`-th instance, round robin, as a load balancer would spread them. */
   function clientOf(index: number, token: string) {
@@ -41,7 +26,7 @@ describe.skipIf(!inject('databaseUrl'))(`${INSTANCES} instances started at once 
   }
 
   it('all start and serve', async () => {
-    const token = await idp.mintToken();
+    const token = await instances.idp.mintToken();
     const answers = await Promise.all(servers.map((_, index) => clientOf(index, token).me.query()));
     expect(new Set(answers.map((me) => me.user.id)).size).toBe(1);
   });
@@ -49,7 +34,7 @@ describe.skipIf(!inject('databaseUrl'))(`${INSTANCES} instances started at once 
   it('give concurrent first logins spread across them one organization, user, membership and active session', async () => {
     const tenantId = randomUUID();
     const people = Array.from({ length: 4 }, () => randomUUID());
-    const tokens = await Promise.all(people.map((sub) => idp.mintToken({ claims: { sub, tenantId } })));
+    const tokens = await Promise.all(people.map((sub) => instances.idp.mintToken({ claims: { sub, tenantId } })));
     // Every person's first requests hit every instance at once.
     const calls = Array.from({ length: 36 }, (_, index) =>
       clientOf(index, tokens[index % tokens.length]!).chat.getActiveSession.query(),
@@ -76,7 +61,7 @@ describe.skipIf(!inject('databaseUrl'))(`${INSTANCES} instances started at once 
   });
 
   it('share what must be shared: a cursor issued by one instance pages on another', async () => {
-    const token = await idp.mintToken();
+    const token = await instances.idp.mintToken();
     await clientOf(0, token).chat.createSession.mutate({ title: 'one' });
     await clientOf(1, token).chat.createSession.mutate({ title: 'two' });
     const first = await clientOf(0, token).chat.listSessions.query({ limit: 1 });

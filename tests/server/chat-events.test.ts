@@ -1,7 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { once } from 'node:events';
 import nodeHttp from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
 import { TRPCClientError, createTRPCClient, httpSubscriptionLink } from '@trpc/client';
 import { TRPCError } from '@trpc/server';
 import { sql } from 'drizzle-orm';
@@ -14,6 +12,7 @@ import { SSE_HEARTBEAT_MS } from '../../server/trpc.js';
 import { deactivateMembership, expireChatEvents, whileInsertsFail } from '../support/database.js';
 import { type ReceivedEvent, watchEvents } from '../support/events.js';
 import { type Instances, startInstances } from '../support/instances.js';
+import { startLoadBalancer } from '../support/load-balancer.js';
 import { type TestApp, startHttpServer, startTestApp } from '../support/test-app.js';
 
 const MEMBERSHIP_CHECK_MS = 200;
@@ -363,43 +362,17 @@ describe('how a chat.events stream ends', () => {
   it('and createApiClient keeps reopening it while a proxy in front answers 502, then resumes from the last id', async () => {
     const { client: writer, token } = await signIn();
     const session = await writer.chat.getActiveSession.query();
-    // A load balancer in front of the API, that answers 502 with a page of its own while `refusing`.
-    let refusing = false;
-    let refused = 0;
-    const sockets = new Set<Socket>();
-    const proxy = nodeHttp.createServer((req, res) => {
-      if (refusing) {
-        refused += 1;
-        res.writeHead(502, { 'content-type': 'text/html' }).end('<h1>502 Bad Gateway</h1>');
-        return;
-      }
-      const upstream = nodeHttp.request(`${http.url}${req.url}`, { method: req.method, headers: req.headers }, (answer) => {
-        res.writeHead(answer.statusCode ?? 502, answer.headers);
-        answer.pipe(res);
-      });
-      upstream.on('error', () => res.destroy());
-      // A client that leaves takes its upstream connection with it, as a load balancer's does.
-      res.on('close', () => upstream.destroy());
-      req.pipe(upstream);
-    });
-    proxy.on('connection', (socket) => {
-      sockets.add(socket);
-      socket.on('close', () => sockets.delete(socket));
-    });
-    proxy.listen(0, '127.0.0.1');
-    await once(proxy, 'listening');
-    const proxyUrl = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
-
-    const watch = watchEvents(createApiClient({ url: `${proxyUrl}/trpc`, getToken: () => token }));
+    const balancer = await startLoadBalancer([http.url]);
+    const watch = watchEvents(createApiClient({ url: `${balancer.url}/trpc`, getToken: () => token }));
     await watch.connected();
     const before = await writer.chat.sendMessage.mutate({ sessionId: session.id, content: 'before the outage' });
     await watch.atLeast(2);
 
-    refusing = true;
-    for (const socket of sockets) socket.destroy();
+    balancer.setRefusing(true);
+    balancer.dropConnections();
     const during = await writer.chat.sendMessage.mutate({ sessionId: session.id, content: 'during the outage' });
-    await vi.waitFor(() => expect(refused).toBeGreaterThanOrEqual(2), { timeout: 10_000 });
-    refusing = false;
+    await vi.waitFor(() => expect(balancer.refused).toBeGreaterThanOrEqual(2), { timeout: 10_000 });
+    balancer.setRefusing(false);
 
     await watch.until(() => expect(watch.received.map((event) => event.data)).toContainEqual({ type: 'message.created', message: during }), 15_000);
     expect(watch.errors).toEqual([]);
@@ -408,8 +381,7 @@ describe('how a chat.events stream ends', () => {
     const numbers = ids(watch.received);
     expect(numbers).toEqual(numbers.map((_, index) => numbers[0]! + index));
     watch.close();
-    proxy.closeAllConnections();
-    proxy.close();
+    await balancer.close();
   }, 30_000);
 
   it('when the membership is deactivated, within the time the member cache may remember it, with FORBIDDEN', async () => {
@@ -604,7 +576,7 @@ describe.skipIf(!inject('databaseUrl'))('chat.events across two instances on one
   async function person(claims: Record<string, unknown> = {}) {
     const token = await instances.idp.mintToken({ claims: { tenantId: randomUUID(), ...claims } });
     const [a, b] = instances.servers.map((server) => createApiClient({ url: `${server.url}/trpc`, getToken: () => token }));
-    return { a: a!, b: b!, claims: decodeClaims(token) };
+    return { a: a!, b: b!, token, claims: decodeClaims(token) };
   }
 
   it('delivers a message sent through one instance to subscribers on both', async () => {
@@ -662,6 +634,67 @@ describe.skipIf(!inject('databaseUrl'))('chat.events across two instances on one
     expect(watches[1]!.received.map((event) => event.data)).toEqual([{ type: 'session.created', session: elsewhere }]);
     for (const watch of watches) watch.close();
   });
+
+  it('ends a stream at its token\'s exp on one instance; createApiClient resumes it on the other, missing nothing', async () => {
+    const balancer = await startLoadBalancer(instances.servers.map((server) => server.url));
+    const tenantId = randomUUID();
+    const sub = randomUUID();
+    const now = Math.floor(Date.now() / 1000);
+    const expiring = await instances.idp.mintToken({ claims: { sub, tenantId, exp: now + 2 } });
+    const fresh = await instances.idp.mintToken({ claims: { sub, tenantId } });
+    // Each request through the balancer goes to the other instance than the one before.
+    const watch = watchEvents(
+      createApiClient({ url: `${balancer.url}/trpc`, getToken: () => (Date.now() < (now + 2) * 1000 ? expiring : fresh) }),
+    );
+    await watch.connected();
+    const writer = createApiClient({ url: `${instances.servers[0]!.url}/trpc`, getToken: () => fresh });
+    const session = await writer.chat.getActiveSession.query();
+    const sent: string[] = [];
+    while (Date.now() < (now + 3.5) * 1000) {
+      sent.push((await writer.chat.sendMessage.mutate({ sessionId: session.id, content: `message ${sent.length}` })).id);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    await watch.until(() => {
+      const messages = watch.received.flatMap((event) => (event.data.type === 'message.created' ? [event.data.message.id] : []));
+      expect(messages).toEqual(sent);
+    });
+    expect(watch.errors).toEqual([]);
+    expect(watch.starts).toBe(2);
+    const numbers = ids(watch.received);
+    expect(numbers).toEqual(numbers.map((_, index) => numbers[0]! + index));
+    watch.close();
+    await balancer.close();
+  });
+
+  it('leaves nothing behind on either instance after 1,000 subscribe and unsubscribe cycles spread over both', async () => {
+    const balancer = await startLoadBalancer(instances.servers.map((server) => server.url));
+    const ada = await person();
+    const client = createApiClient({ url: `${balancer.url}/trpc`, getToken: () => ada.token });
+    const gc = await exposeGc();
+    const cycle = async (count: number) => {
+      for (let index = 0; index < count; index++) {
+        const watch = watchEvents(client);
+        // Started is enough here: a refusal would show in the limit check at the end.
+        await watch.until(() => expect(watch.starts).toBe(1));
+        watch.close();
+      }
+    };
+    await cycle(300);
+    // Both servers run in this process: their heap is this one.
+    const before = heapAfterGc(gc);
+    await cycle(1_000);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(heapAfterGc(gc) - before).toBeLessThan(3 * 2 ** 20);
+    // Nothing holds a place: each instance opens its full SUBSCRIPTIONS_PER_PERSON again, and no more.
+    const perInstance = instances.config.chatEvents.subscriptionsPerPerson;
+    const open = Array.from({ length: 2 * perInstance }, () => watchEvents(client));
+    await Promise.all(open.map((watch) => watch.connected()));
+    const refused = watchEvents(client);
+    await refused.until(() => expect(refused.errors).toHaveLength(1));
+    expect(endedWith(refused.errors[0])?.code).toBe('TOO_MANY_REQUESTS');
+    for (const watch of open) watch.close();
+    await balancer.close();
+  }, 60_000);
 
   it('delivers what was recorded while its LISTEN connection was cut, once it is back', async () => {
     const ada = await person();

@@ -38,9 +38,11 @@ export async function startInstances(prefix: string, count: number) {
   const empty = (await createEmptyDatabase(prefix))!;
   const idp = await startIdentityProvider();
   const log = pino({ level: 'silent' });
-  const servers = await Promise.all(Array.from({ length: count }, () => startServer(productionConfig(empty.url, idp), log)));
+  const config = productionConfig(empty.url, idp);
+  const servers = await Promise.all(Array.from({ length: count }, () => startServer(config, log)));
   const database = openDatabase({ kind: 'postgres', url: empty.url, poolSize: 2 });
   return {
+    config,
     servers,
     idp,
     database,

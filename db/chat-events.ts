@@ -123,13 +123,19 @@ const sessionFromStored = (session: StoredSession): Session => ({
   updatedAt: new Date(session.updatedAt),
 });
 
-/** The id of the member's newest event; `undefined` when there is no such membership. */
-export async function getLatestEventSeq(db: Database, owner: SessionOwner): Promise<number | undefined> {
+/**
+ * The id of the member's newest event, and whether the membership is active; `undefined` when
+ * there is no such membership.
+ */
+export async function getEventStreamState(
+  db: Database,
+  owner: SessionOwner,
+): Promise<{ lastEventSeq: number; isActive: boolean } | undefined> {
   const [member] = await db
-    .select({ lastEventSeq: organizationMembers.lastEventSeq })
+    .select({ lastEventSeq: organizationMembers.lastEventSeq, isActive: organizationMembers.isActive })
     .from(organizationMembers)
     .where(memberIs(owner));
-  return member?.lastEventSeq;
+  return member;
 }
 
 /**

@@ -7,7 +7,7 @@ import {
   deleteEventsRecordedBefore,
   eventStreamKey,
   getEventsAfter,
-  getLatestEventSeq,
+  getEventStreamState,
   parseEventNotification,
 } from '../db/chat-events.js';
 import type { SessionOwner } from '../db/chat.js';
@@ -27,6 +27,11 @@ export interface ChatEventHubOptions {
   retentionMs: number;
   /** Streams one person may have open at once in this instance (`SUBSCRIPTIONS_PER_PERSON`). */
   subscriptionsPerPerson: number;
+  /**
+   * Streams this instance holds at once (`SUBSCRIPTIONS_PER_INSTANCE`); one more is answered 503,
+   * so that its client reconnects, through the load balancer, to another instance.
+   */
+  subscriptionsPerInstance: number;
   /** How often the streams of a member check that the membership is still active. */
   membershipCheckMs: number;
   /** How often this instance checks that its LISTEN connection still hears (default 15 s). */
@@ -35,6 +40,8 @@ export interface ChatEventHubOptions {
 
 export const DEFAULT_EVENT_RETENTION_MS = 60 * 60_000;
 export const DEFAULT_SUBSCRIPTIONS_PER_PERSON = 20;
+/** Each open stream holds about 80 KB (mostly tRPC's SSE machinery): 5,000 are about 400 MB. */
+export const DEFAULT_SUBSCRIPTIONS_PER_INSTANCE = 5_000;
 
 /**
  * Events read from the database at a time, by a stream catching up or a subscriber replaying: at
@@ -73,6 +80,7 @@ export function createChatEventHub(options: ChatEventHubOptions) {
   const streams = new Map<string, MemberStream[]>();
   const perPerson = createInFlightLimit(options.subscriptionsPerPerson);
   const memory: RecentMemory = { bytes: 0, limit: RECENT_TOTAL_MAX_BYTES };
+  let open = 0;
   let listener: Listener | undefined;
   let lastHeardAt = Date.now();
   let reconnecting = false;
@@ -178,13 +186,21 @@ export function createChatEventHub(options: ChatEventHubOptions) {
       signal: AbortSignal | undefined;
     }): Promise<AsyncIterable<TrackedEnvelope<ChatEvent>>> {
       if (closed) throw restarting();
-      const leave = perPerson.enter(`${owner.organizationId}\u0000${owner.userId}`);
-      if (!leave) {
+      if (open >= options.subscriptionsPerInstance) {
+        throw new TRPCError({ code: 'SERVICE_UNAVAILABLE', message: 'This server holds all the event streams it takes; reconnect' });
+      }
+      const leavePerson = perPerson.enter(`${owner.organizationId}\u0000${owner.userId}`);
+      if (!leavePerson) {
         throw new TRPCError({
           code: 'TOO_MANY_REQUESTS',
           message: `You have ${options.subscriptionsPerPerson} event streams open; close one first`,
         });
       }
+      open += 1;
+      const leave = () => {
+        open -= 1;
+        leavePerson();
+      };
       const stream = streamFor(owner);
       const subscriber = new Subscriber(stream, expiresAt, signal, leave);
       try {
@@ -198,7 +214,10 @@ export function createChatEventHub(options: ChatEventHubOptions) {
       }
     },
 
-    /** Streams (members with subscribers here) and subscriptions open now. */
+    /**
+     * Streams (members with subscribers here), subscriptions open now, and the bytes their recent
+     * events take.
+     */
     stats() {
       let members = 0;
       let subscriptions = 0;
@@ -208,7 +227,7 @@ export function createChatEventHub(options: ChatEventHubOptions) {
           subscriptions += stream.size;
         }
       }
-      return { members, subscriptions };
+      return { members, subscriptions, recentBytes: memory.bytes };
     },
 
     /** Ends every subscription with SERVICE_UNAVAILABLE (clients reconnect elsewhere) and stops listening. */
@@ -263,9 +282,14 @@ class MemberStream {
   ) {
     this.tag = eventStreamKey(owner).slice(0, 8);
     // Read after the stream is registered: an event committed later is notified to it.
-    this.ready = getLatestEventSeq(deps.db, owner).then(
-      (latest) => {
-        this.fetchedTo = latest ?? 0;
+    this.ready = getEventStreamState(deps.db, owner).then(
+      (state) => {
+        // The member cache may still hold a membership deactivated since: a new stream checks.
+        if (!state?.isActive) {
+          this.stop();
+          throw deactivated();
+        }
+        this.fetchedTo = state.lastEventSeq;
         this.initialized = true;
         void this.fetch();
       },
@@ -311,7 +335,7 @@ class MemberStream {
 
   /** The id of the member's newest event, as the database has it now. */
   async latest(): Promise<number> {
-    return (await getLatestEventSeq(this.deps.db, this.owner)) ?? 0;
+    return (await getEventStreamState(this.deps.db, this.owner))?.lastEventSeq ?? 0;
   }
 
   /**
@@ -386,7 +410,8 @@ class MemberStream {
         this.probe = false;
         const page = await this.readPage(this.fetchedTo);
         const first = page[0];
-        if (!first) break;
+        // The last subscriber may have left during the read: a stopped stream keeps nothing.
+        if (!first || this.stopped) break;
         // Older events were deleted meanwhile: what is kept must stay without gaps.
         if (first.seq !== this.fetchedTo + 1) this.forgetRecent();
         this.remember(page);
@@ -406,6 +431,7 @@ class MemberStream {
 
   private remember(page: LoggedChatEvent[]) {
     const { memory } = this.deps;
+    if (this.stopped) return;
     for (const logged of page) {
       this.recent.push(logged);
       this.recentBytes += logged.size;
@@ -437,7 +463,7 @@ class MemberStream {
       return;
     }
     this.deps.log.info(this.owner, 'Ending the chat event streams of a deactivated membership');
-    this.endAll(new TRPCError({ code: 'FORBIDDEN', message: 'Your membership in this organization is deactivated' }));
+    this.endAll(deactivated());
   }
 
   private stop() {
@@ -553,6 +579,10 @@ class Subscriber {
 function expired() {
   const cause = new AccessTokenError('expired', 'Access token has expired');
   return new TRPCError({ code: 'UNAUTHORIZED', message: cause.message, cause });
+}
+
+function deactivated() {
+  return new TRPCError({ code: 'FORBIDDEN', message: 'Your membership in this organization is deactivated' });
 }
 
 function restarting() {

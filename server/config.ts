@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import type { DatabaseTarget } from '../db/database.js';
 import { DEFAULT_TOKEN_CACHE_ENTRIES, DEFAULT_TOKEN_CACHE_MAX_BYTES } from './auth/access-token.js';
-import { DEFAULT_EVENT_RETENTION_MS, DEFAULT_SUBSCRIPTIONS_PER_PERSON } from './chat-events.js';
+import { DEFAULT_EVENT_RETENTION_MS, DEFAULT_SUBSCRIPTIONS_PER_INSTANCE, DEFAULT_SUBSCRIPTIONS_PER_PERSON } from './chat-events.js';
 import { DEFAULT_HEAVY_CALLS_PER_PERSON } from './in-flight-limit.js';
 import { DEFAULT_MEMBER_CACHE, type MemberCacheOptions } from './member-cache.js';
 
@@ -67,6 +67,7 @@ const envSchema = z.object({
   HEAVY_CALLS_PER_PERSON: wholeNumber(DEFAULT_HEAVY_CALLS_PER_PERSON, 1, 1_000),
   CHAT_EVENTS_RETENTION_MINUTES: wholeNumber(DEFAULT_EVENT_RETENTION_MS / 60_000, 10, 7 * 24 * 60),
   SUBSCRIPTIONS_PER_PERSON: wholeNumber(DEFAULT_SUBSCRIPTIONS_PER_PERSON, 1, 1_000),
+  SUBSCRIPTIONS_PER_INSTANCE: wholeNumber(DEFAULT_SUBSCRIPTIONS_PER_INSTANCE, 1, 1_000_000),
   PORT: optionalString.default('3000').pipe(
     z.coerce
       .number<string>({ error: 'must be a port number (0-65535)' })
@@ -103,8 +104,8 @@ export interface Config {
   memberCache: MemberCacheOptions;
   /** Heavy calls (pages of messages, writes) one person may have in progress per instance. */
   heavyCallsPerPerson: number;
-  /** `chat.events`: how long events are kept for replay, and streams per person per instance. */
-  chatEvents: { retentionMs: number; subscriptionsPerPerson: number };
+  /** `chat.events`: how long events are kept for replay, and the streams an instance holds per person and in all. */
+  chatEvents: { retentionMs: number; subscriptionsPerPerson: number; subscriptionsPerInstance: number };
   port: number;
   host: string;
   /** A connection with no byte moving either way for this long is closed. */
@@ -143,6 +144,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     chatEvents: {
       retentionMs: vars.CHAT_EVENTS_RETENTION_MINUTES * 60_000,
       subscriptionsPerPerson: vars.SUBSCRIPTIONS_PER_PERSON,
+      subscriptionsPerInstance: vars.SUBSCRIPTIONS_PER_INSTANCE,
     },
     port: vars.PORT,
     host: vars.HOST,

@@ -36,6 +36,9 @@ export function createHttpServer(deps: HttpServerDeps): http.Server {
   /** The log of one request: every line carries the id its response carries. */
   const requestLog = (req: http.IncomingMessage) => deps.log.child({ requestId: req.headers['x-request-id'] });
 
+  // tRPC reports a subscription's refusal twice: when the call fails, and again as it formats the
+  // error for the stream. It is logged once.
+  const logged = new WeakSet<TRPCError>();
   const trpcHandler = createHTTPHandler({
     router: appRouter,
     basePath: '/trpc/',
@@ -44,6 +47,8 @@ export function createHttpServer(deps: HttpServerDeps): http.Server {
     createContext: ({ req, res }) => createRequestContext(deps, req, res, requestLog(req)),
     // Once per failed call, with the request id the response carries.
     onError({ error, path, ctx, req }) {
+      if (logged.has(error)) return;
+      logged.add(error);
       const log = ctx?.log ?? requestLog(req);
       const status = getHTTPStatusCodeFromError(error);
       // A 503 with no cause is one we chose (event streams ended by a shutdown): no failure to report.

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { and, eq } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { deleteEventsRecordedBefore, getEventsAfter, getLatestEventSeq } from '../../db/chat-events.js';
+import { deleteEventsRecordedBefore, getEventStreamState, getEventsAfter } from '../../db/chat-events.js';
 import { addMessageToSession, getOrCreateActiveSession } from '../../db/chat.js';
 import type { DatabaseHandle } from '../../db/database.js';
 import { provisionIdentity } from '../../db/provisioning.js';
@@ -40,7 +40,7 @@ describe('the chat event log', () => {
       'session.created',
       ...Array.from({ length: 3 }, () => ['message.created', 'session.updated']).flat(),
     ]);
-    expect(await getLatestEventSeq(database.db, owner)).toBe(7);
+    expect(await getEventStreamState(database.db, owner)).toEqual({ lastEventSeq: 7, isActive: true });
   });
 
   it('reads a page up to a budget of message text, and always at least one event', async () => {
@@ -67,6 +67,6 @@ describe('the chat event log', () => {
     expect(await database.db.select().from(chatEvents).where(ownerEvents(old))).toEqual([]);
     expect((await database.db.select().from(chatEvents).where(ownerEvents(recent))).map((row) => row.seq)).toEqual([1, 2, 3]);
     // The numbering goes on after the deleted ones: an id is never given twice.
-    expect(await getLatestEventSeq(database.db, old)).toBe(7);
+    expect((await getEventStreamState(database.db, old))?.lastEventSeq).toBe(7);
   });
 });

@@ -30,6 +30,7 @@ describe.skipIf(!databaseUrl)('the LISTEN connection behind chat.events', () => 
       log: createLogger({ level: 'info', destination: { write: (line: string) => void logs.push(JSON.parse(line)) } }),
       retentionMs: 3_600_000,
       subscriptionsPerPerson: 5,
+      subscriptionsPerInstance: 100,
       membershipCheckMs: 60_000,
       listenerHeartbeatMs: HEARTBEAT_MS,
     });

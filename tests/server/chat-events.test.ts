@@ -17,6 +17,7 @@ import { type TestApp, startHttpServer, startTestApp } from '../support/test-app
 
 const MEMBERSHIP_CHECK_MS = 200;
 const SUBSCRIPTIONS_PER_PERSON = 5;
+const INSTANCE_LIMIT = 3;
 
 let app: TestApp;
 let http: Awaited<ReturnType<typeof startHttpServer>>;
@@ -359,6 +360,29 @@ describe('how a chat.events stream ends', () => {
     watch.close();
   });
 
+  it('refuses a new stream of a deactivated membership at once, though the member cache still holds it active', async () => {
+    // Streams of its own that check the membership only every minute, as `npm start`'s do.
+    const other = await startTestApp();
+    const otherHttp = await startHttpServer(other);
+    try {
+      const sub = randomUUID();
+      const tenantId = randomUUID();
+      const client = otherHttp.clientFor(await other.idp.mintToken({ claims: { sub, tenantId } }));
+      await client.me.query();
+      await deactivateMembership(other.db, { userId: sub, organizationId: tenantId });
+      // Calls are still answered from the member cache for up to MEMBER_CACHE_TTL_SECONDS...
+      await expect(client.me.query()).resolves.toMatchObject({ user: { id: sub } });
+      // ...but a stream starts by reading the membership.
+      const watch = watchEvents(client);
+      await watch.until(() => expect(watch.errors).toHaveLength(1));
+      expect(endedWith(watch.errors[0])?.code).toBe('FORBIDDEN');
+      expect(watch.received).toEqual([]);
+    } finally {
+      await otherHttp.close();
+      await other.close();
+    }
+  });
+
   it('and createApiClient keeps reopening it while a proxy in front answers 502, then resumes from the last id', async () => {
     const { client: writer, token } = await signIn();
     const session = await writer.chat.getActiveSession.query();
@@ -402,9 +426,13 @@ describe('limits', () => {
     const grace = await signIn({ tenantId: ada.tenantId });
     const open = Array.from({ length: SUBSCRIPTIONS_PER_PERSON }, () => watchEvents(ada.client));
     await Promise.all(open.map((watch) => watch.connected()));
+    const logsBefore = app.logs.length;
     const refused = watchEvents(ada.client);
     await refused.until(() => expect(refused.errors).toHaveLength(1));
     expect(endedWith(refused.errors[0])?.code).toBe('TOO_MANY_REQUESTS');
+    // Logged once (tRPC reports a stream's refusal to onError twice).
+    const refusals = app.logs.slice(logsBefore).filter((line) => line.msg === 'Request refused' && line.code === 'TOO_MANY_REQUESTS');
+    expect(refusals).toHaveLength(1);
 
     const colleague = watchEvents(grace.client);
     await colleague.connected();
@@ -415,6 +443,43 @@ describe('limits', () => {
     const again = watchEvents(ada.client);
     await again.connected();
     for (const watch of [...open, again]) watch.close();
+  });
+
+  it(`holds ${INSTANCE_LIMIT} streams per instance at most, and answers one more 503 so that it reconnects elsewhere`, async () => {
+    const small = await startTestApp({ subscriptionsPerInstance: INSTANCE_LIMIT });
+    const smallHttp = await startHttpServer(small);
+    try {
+      const people = await Promise.all(Array.from({ length: INSTANCE_LIMIT + 1 }, () => small.idp.mintToken()));
+      const open = people.slice(0, INSTANCE_LIMIT).map((token) => watchEvents(smallHttp.clientFor(token)));
+      await Promise.all(open.map((watch) => watch.connected()));
+      const response = await fetch(`${smallHttp.url}/trpc/chat.events`, { headers: { authorization: `Bearer ${people.at(-1)}` } });
+      const text = await response.text();
+      expect(text).toContain('event: serialized-error');
+      expect(text).toContain('"code":"SERVICE_UNAVAILABLE"');
+      open.pop()!.close();
+      await vi.waitFor(() => expect(small.deps.chatEvents.stats().subscriptions).toBe(INSTANCE_LIMIT - 1));
+      const again = watchEvents(smallHttp.clientFor(people.at(-1)!));
+      await again.connected();
+      for (const watch of [...open, again]) watch.close();
+    } finally {
+      await smallHttp.close();
+      await small.close();
+    }
+  });
+
+  it('forgets the recent events of a stream whose last tab closed while it was reading them', async () => {
+    const { client } = await signIn();
+    const session = await client.chat.getActiveSession.query();
+    const content = 'x'.repeat(30_000);
+    for (let round = 0; round < 30; round++) {
+      const watch = watchEvents(client);
+      await watch.connected();
+      await client.chat.sendMessage.mutate({ sessionId: session.id, content });
+      // Gone while the stream reads what the message's notification announced, or just after.
+      await new Promise((resolve) => setTimeout(resolve, round % 4));
+      watch.close();
+    }
+    await vi.waitFor(() => expect(app.deps.chatEvents.stats()).toEqual({ members: 0, subscriptions: 0, recentBytes: 0 }));
   });
 
   it('leaves no listener, stream or memory behind after 1,000 subscribe and unsubscribe cycles', async () => {
@@ -431,14 +496,14 @@ describe('limits', () => {
       await settled();
     };
     const settled = () =>
-      vi.waitFor(() => expect(app.deps.chatEvents.stats()).toEqual({ members: 0, subscriptions: 0 }), { interval: 5 });
+      vi.waitFor(() => expect(app.deps.chatEvents.stats()).toEqual({ members: 0, subscriptions: 0, recentBytes: 0 }), { interval: 5 });
     // Warmed up first: the first few hundred fill caches and compiled code on both sides.
     await cycle(500);
     const before = heapAfterGc(gc);
     const timersBefore = activeTimers();
     await cycle(1_000);
     const grown = heapAfterGc(gc) - before;
-    expect(app.deps.chatEvents.stats()).toEqual({ members: 0, subscriptions: 0 });
+    expect(app.deps.chatEvents.stats()).toEqual({ members: 0, subscriptions: 0, recentBytes: 0 });
     expect(activeTimers()).toBeLessThanOrEqual(timersBefore + 2);
     // Measured here: under 1 MB, client included. A subscription that kept its request, context or
     // stream would hold kilobytes each: several megabytes over 1,000.
@@ -461,7 +526,7 @@ describe('limits', () => {
         await new Promise((resolve) => setTimeout(resolve, 100));
       });
       // Not after the 30 s that a stream tRPC never reads is given.
-      await vi.waitFor(() => expect(app.deps.chatEvents.stats()).toEqual({ members: 0, subscriptions: 0 }), { timeout: 2_000 });
+      await vi.waitFor(() => expect(app.deps.chatEvents.stats()).toEqual({ members: 0, subscriptions: 0, recentBytes: 0 }), { timeout: 2_000 });
     }
     // Its place is free again: the limit counts what is open.
     const watches = Array.from({ length: SUBSCRIPTIONS_PER_PERSON }, () => watchEvents(client));

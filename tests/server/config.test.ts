@@ -13,7 +13,7 @@ describe('loadConfig', () => {
       tokenCacheMaxBytes: 32 * 2 ** 20,
       memberCache: { maxEntries: 10_000, ttlMs: 60_000, maxBytes: 16 * 2 ** 20 },
       heavyCallsPerPerson: 10,
-      chatEvents: { retentionMs: 60 * 60_000, subscriptionsPerPerson: 20 },
+      chatEvents: { retentionMs: 60 * 60_000, subscriptionsPerPerson: 20, subscriptionsPerInstance: 5_000 },
       port: 3000,
       host: '127.0.0.1',
       idleTimeoutMs: 30_000,
@@ -105,8 +105,8 @@ describe('loadConfig', () => {
   });
 
   it('reads how long chat events are kept for replay, at least 10 minutes, and the streams per person', () => {
-    const config = loadConfig({ CHAT_EVENTS_RETENTION_MINUTES: '10', SUBSCRIPTIONS_PER_PERSON: '3' });
-    expect(config.chatEvents).toEqual({ retentionMs: 600_000, subscriptionsPerPerson: 3 });
+    const config = loadConfig({ CHAT_EVENTS_RETENTION_MINUTES: '10', SUBSCRIPTIONS_PER_PERSON: '3', SUBSCRIPTIONS_PER_INSTANCE: '100' });
+    expect(config.chatEvents).toEqual({ retentionMs: 600_000, subscriptionsPerPerson: 3, subscriptionsPerInstance: 100 });
     expect(() => loadConfig({ CHAT_EVENTS_RETENTION_MINUTES: '5' })).toThrow(
       'Invalid configuration: CHAT_EVENTS_RETENTION_MINUTES must be a whole number from 10 to 10080',
     );

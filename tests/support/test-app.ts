@@ -10,7 +10,12 @@ import { type HttpServerDeps, createHttpServer } from '../../server/http.js';
 import { DEFAULT_HEAVY_CALLS_PER_PERSON, createInFlightLimit } from '../../server/in-flight-limit.js';
 import { createLogger } from '../../server/logger.js';
 import { DEFAULT_MEMBER_CACHE, type MemberCache, createMemberCache } from '../../server/member-cache.js';
-import { DEFAULT_EVENT_RETENTION_MS, DEFAULT_SUBSCRIPTIONS_PER_PERSON, createChatEventHub } from '../../server/chat-events.js';
+import {
+  DEFAULT_EVENT_RETENTION_MS,
+  DEFAULT_SUBSCRIPTIONS_PER_INSTANCE,
+  DEFAULT_SUBSCRIPTIONS_PER_PERSON,
+  createChatEventHub,
+} from '../../server/chat-events.js';
 import { createCaller } from '../../server/root.js';
 import { openTestDatabase } from './database.js';
 import { startIdentityProvider } from './identity-provider.js';
@@ -30,6 +35,7 @@ export async function startTestApp(
     /** How often event streams check the membership (default: the member cache's lifetime). */
     membershipCheckMs?: number;
     subscriptionsPerPerson?: number;
+    subscriptionsPerInstance?: number;
   } = {},
 ) {
   const database = options.database ?? (await openTestDatabase({ onStatement: options.onStatement }));
@@ -43,6 +49,7 @@ export async function startTestApp(
     log,
     retentionMs: DEFAULT_EVENT_RETENTION_MS,
     subscriptionsPerPerson: options.subscriptionsPerPerson ?? DEFAULT_SUBSCRIPTIONS_PER_PERSON,
+    subscriptionsPerInstance: options.subscriptionsPerInstance ?? DEFAULT_SUBSCRIPTIONS_PER_INSTANCE,
     membershipCheckMs: options.membershipCheckMs ?? DEFAULT_MEMBER_CACHE.ttlMs,
   });
   await chatEvents.start();

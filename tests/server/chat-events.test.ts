@@ -10,7 +10,7 @@ import { type ApiClient, type AppRouter, createApiClient } from '../../client/in
 import { AccessTokenError } from '../../server/auth/access-token.js';
 import { SSE_HEARTBEAT_MS } from '../../server/trpc.js';
 import { deactivateMembership, expireChatEvents, whileInsertsFail } from '../support/database.js';
-import { type ReceivedEvent, watchEvents } from '../support/events.js';
+import { type EventWatch, type ReceivedEvent, watchEvents } from '../support/events.js';
 import { type Instances, startInstances } from '../support/instances.js';
 import { startLoadBalancer } from '../support/load-balancer.js';
 import { type TestApp, startHttpServer, startTestApp } from '../support/test-app.js';
@@ -337,26 +337,10 @@ describe('how a chat.events stream ends', () => {
         return token;
       },
     });
-    const writer = http.clientFor(fresh);
-    const session = await writer.chat.getActiveSession.query();
     const watch = watchEvents(subscriber);
     await watch.connected();
-
-    // Messages every 50 ms across the expiry.
-    const sent: string[] = [];
-    while (Date.now() < (now + 3.5) * 1000) {
-      sent.push((await writer.chat.sendMessage.mutate({ sessionId: session.id, content: `message ${sent.length}` })).id);
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-    await watch.until(() => {
-      const messages = watch.received.flatMap((event) => (event.data.type === 'message.created' ? [event.data.message.id] : []));
-      expect(messages).toEqual(sent);
-    });
-    expect(watch.errors).toEqual([]);
-    expect(watch.starts).toBe(2);
+    await expectNothingMissedAcrossExpiry(watch, http.clientFor(fresh), (now + 3.5) * 1000);
     expect(tokensGiven).toContain(fresh);
-    const numbers = ids(watch.received);
-    expect(numbers).toEqual(numbers.map((_, index) => numbers[0]! + index));
     watch.close();
   });
 
@@ -585,6 +569,28 @@ describe('a subscriber that reads slowly', () => {
   }, 60_000);
 });
 
+/**
+ * Sends a message every 50 ms through `writer` until `until` (past the expiry of the token that
+ * opened `watch`), then expects `watch` to have received each once, in order, ids following one
+ * another, over two connections (the one that expired, the one opened again) and with no error.
+ */
+async function expectNothingMissedAcrossExpiry(watch: EventWatch, writer: ApiClient, until: number) {
+  const session = await writer.chat.getActiveSession.query();
+  const sent: string[] = [];
+  while (Date.now() < until) {
+    sent.push((await writer.chat.sendMessage.mutate({ sessionId: session.id, content: `message ${sent.length}` })).id);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  await watch.until(() => {
+    const messages = watch.received.flatMap((event) => (event.data.type === 'message.created' ? [event.data.message.id] : []));
+    expect(messages).toEqual(sent);
+  });
+  expect(watch.errors).toEqual([]);
+  expect(watch.starts).toBe(2);
+  const numbers = ids(watch.received);
+  expect(numbers).toEqual(numbers.map((_, index) => numbers[0]! + index));
+}
+
 /** The error an in-process stream ends with (none: the test fails). */
 async function nextError(stream: AsyncIterable<unknown>) {
   try {
@@ -713,20 +719,7 @@ describe.skipIf(!inject('databaseUrl'))('chat.events across two instances on one
     );
     await watch.connected();
     const writer = createApiClient({ url: `${instances.servers[0]!.url}/trpc`, getToken: () => fresh });
-    const session = await writer.chat.getActiveSession.query();
-    const sent: string[] = [];
-    while (Date.now() < (now + 3.5) * 1000) {
-      sent.push((await writer.chat.sendMessage.mutate({ sessionId: session.id, content: `message ${sent.length}` })).id);
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-    await watch.until(() => {
-      const messages = watch.received.flatMap((event) => (event.data.type === 'message.created' ? [event.data.message.id] : []));
-      expect(messages).toEqual(sent);
-    });
-    expect(watch.errors).toEqual([]);
-    expect(watch.starts).toBe(2);
-    const numbers = ids(watch.received);
-    expect(numbers).toEqual(numbers.map((_, index) => numbers[0]! + index));
+    await expectNothingMissedAcrossExpiry(watch, writer, (now + 3.5) * 1000);
     watch.close();
     await balancer.close();
   });

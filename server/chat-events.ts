@@ -393,7 +393,7 @@ class MemberStream {
     return hole === -1 ? page : page.slice(0, hole);
   }
 
-  /** Resolves at the next change of `fetchedTo`. */
+  /** Wakes every subscriber waiting for events: `fetchedTo` moved. */
   wakeAll() {
     for (const subscriber of this.subscribers) subscriber.wake();
   }

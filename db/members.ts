@@ -41,12 +41,3 @@ export async function getMembersByOrganizationId(
     .limit(limit + 1);
   return { members: rows.slice(0, limit), hasMore: rows.length > limit };
 }
-
-/** Whether the user is an active member of the organization (false when no longer a member at all). */
-export async function isMembershipActive(db: Database, { userId, organizationId }: { userId: string; organizationId: string }) {
-  const [member] = await db
-    .select({ isActive: organizationMembers.isActive })
-    .from(organizationMembers)
-    .where(and(eq(organizationMembers.userId, userId), eq(organizationMembers.organizationId, organizationId)));
-  return member?.isActive ?? false;
-}

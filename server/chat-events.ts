@@ -13,7 +13,6 @@ import {
 import type { SessionOwner } from '../db/chat.js';
 import type { Database, DatabaseHandle, Listener } from '../db/database.js';
 import { isDatabaseUnavailable } from '../db/errors.js';
-import { isMembershipActive } from '../db/members.js';
 import { AccessTokenError } from './auth/access-token.js';
 import { createInFlightLimit } from './in-flight-limit.js';
 import type { Logger } from './logger.js';
@@ -457,7 +456,7 @@ class MemberStream {
 
   private async checkMembership() {
     try {
-      if (await isMembershipActive(this.deps.db, this.owner)) return;
+      if ((await getEventStreamState(this.deps.db, this.owner))?.isActive) return;
     } catch {
       // The database is unreachable: this is not the moment to end streams; checked again later.
       return;

@@ -406,6 +406,7 @@ class MemberStream {
     this.fetching = true;
     try {
       while (!this.stopped && (this.probe || this.notifiedTo > this.fetchedTo)) {
+        const probing = this.probe;
         this.probe = false;
         const page = await this.readPage(this.fetchedTo);
         const first = page[0];
@@ -415,8 +416,9 @@ class MemberStream {
         if (first.seq !== this.fetchedTo + 1) this.forgetRecent();
         this.remember(page);
         this.fetchedTo = page.at(-1)!.seq;
-        // A short page may end at a byte budget or a hole: read on until one comes back empty.
-        this.probe = true;
+        // A notification says how far to read; a probe, which knows nothing, reads on until a page
+        // comes back empty (a short page may end at a byte budget or a hole).
+        if (probing) this.probe = true;
         this.wakeAll();
       }
     } catch (error) {
@@ -430,7 +432,6 @@ class MemberStream {
 
   private remember(page: LoggedChatEvent[]) {
     const { memory } = this.deps;
-    if (this.stopped) return;
     for (const logged of page) {
       this.recent.push(logged);
       this.recentBytes += logged.size;

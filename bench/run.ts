@@ -103,6 +103,9 @@ function serverEnv(name: string, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessE
     HOST: '127.0.0.1',
     LOG_LEVEL: 'error',
     NODE_ENV: 'development',
+    // The chat path as people use it: the assistant's replies would make every measured write
+    // wait for a reply (one per session at a time) and measure the demo responder.
+    ASSISTANT_REPLIES: 'off',
     LOCAL_IDENTITY_KEY_FILE: keyFile,
     PGLITE_DATA_DIR: join(work, name),
     DATABASE_URL: database?.url ?? '',

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { and, asc, eq, gt, lt, sql } from 'drizzle-orm';
 import type { Message, Session, SessionOwner } from './chat.js';
 import type { Database } from './database.js';
-import { type StoredSession, chatEvents, chatMessages, organizationMembers } from './schema.js';
+import { type ChatEventData, type StoredMessage, type StoredSession, chatEvents, chatMessages, organizationMembers } from './schema.js';
 
 /** The one channel every instance LISTENs on; a notification names a member's stream and its newest id. */
 export const CHAT_EVENTS_CHANNEL = 'chat_events';
@@ -13,14 +13,30 @@ export type ChatEvent =
   | { type: 'session.updated'; session: Session }
   | { type: 'session.deleted'; sessionId: string }
   | { type: 'message.created'; message: Message }
+  /** More text of a reply (`status: 'streaming'`): append it. */
+  | { type: 'reply.delta'; messageId: string; sessionId: string; text: string }
+  /** The reply as stored in the end: `status` is `complete`, or `stopped` by the person. */
+  | { type: 'reply.completed'; message: Message }
+  /** The reply failed; `message` holds the text received before. */
+  | { type: 'reply.failed'; message: Message; reason: ReplyFailure }
   /** The events after the subscriber's `lastEventId` are no longer kept: load the state again. */
   | { type: 'resync' };
+
+/**
+ * Why a reply failed: the provider refused or broke off (`provider_error`), sent no text for
+ * `LLM_TIMEOUT_MS` (`timeout`), or the instance writing it stopped (`interrupted`).
+ */
+export type ReplyFailure = 'provider_error' | 'timeout' | 'interrupted';
 
 /** An event as the writing transaction records it. */
 export type NewChatEvent =
   | { type: 'session.created' | 'session.updated'; session: Session }
   | { type: 'session.deleted'; sessionId: string }
-  | { type: 'message.created'; message: { id: string; sessionId: string } };
+  /** A reply still streaming is stored as it is now; any other message is read when delivered. */
+  | { type: 'message.created'; message: Message }
+  | { type: 'reply.delta'; messageId: string; sessionId: string; text: string }
+  | { type: 'reply.completed'; message: Message }
+  | { type: 'reply.failed'; message: Message; reason: ReplyFailure };
 
 /** An event read back: `event` is null for a message deleted since (its session's deletion follows). */
 export interface LoggedChatEvent {
@@ -70,18 +86,7 @@ export async function openEventLog(tx: Database, owner: SessionOwner): Promise<E
   return {
     async record(events) {
       if (events.length === 0) return;
-      const rows = events.map((event, index) => ({
-        seq: last + index + 1,
-        type: event.type,
-        sessionId:
-          event.type === 'session.deleted'
-            ? event.sessionId
-            : event.type === 'message.created'
-              ? event.message.sessionId
-              : event.session.id,
-        messageId: event.type === 'message.created' ? event.message.id : null,
-        session: event.type === 'session.created' || event.type === 'session.updated' ? storedSession(event.session) : null,
-      }));
+      const rows = events.map((event, index) => ({ seq: last + index + 1, ...storedEvent(event) }));
       last += events.length;
       // One statement: the events, the member's newest id, and the notification, which
       // PostgreSQL sends when the transaction commits and drops when it rolls back.
@@ -108,6 +113,39 @@ export async function openEventLog(tx: Database, owner: SessionOwner): Promise<E
   };
 }
 
+/** The columns of an event's row besides its owner and `seq`. */
+function storedEvent(event: NewChatEvent) {
+  const row = { type: event.type, messageId: null as string | null, session: null as StoredSession | null, data: null as ChatEventData | null };
+  switch (event.type) {
+    case 'session.created':
+    case 'session.updated':
+      return { ...row, sessionId: event.session.id, session: storedSession(event.session) };
+    case 'session.deleted':
+      return { ...row, sessionId: event.sessionId };
+    case 'message.created': {
+      const { message } = event;
+      // A reply's text grows after this event: replayed, it must show the reply as it began.
+      const data = message.status === 'streaming' ? { message: storedMessage(message) } : null;
+      return { ...row, sessionId: message.sessionId, messageId: message.id, data };
+    }
+    case 'reply.delta':
+      return { ...row, sessionId: event.sessionId, messageId: event.messageId, data: { text: event.text } };
+    case 'reply.completed':
+      return { ...row, sessionId: event.message.sessionId, messageId: event.message.id };
+    case 'reply.failed':
+      return { ...row, sessionId: event.message.sessionId, messageId: event.message.id, data: { reason: event.reason } };
+  }
+}
+
+const storedMessage = (message: Message): StoredMessage => ({
+  id: message.id,
+  sessionId: message.sessionId,
+  role: message.role,
+  content: message.content,
+  status: message.status,
+  createdAt: message.createdAt.toISOString(),
+});
+
 const memberIs = (owner: SessionOwner) =>
   and(eq(organizationMembers.userId, owner.userId), eq(organizationMembers.organizationId, owner.organizationId));
 
@@ -116,6 +154,8 @@ const storedSession = (session: Session): StoredSession => ({
   createdAt: session.createdAt.toISOString(),
   updatedAt: session.updatedAt.toISOString(),
 });
+
+const messageFromStored = (message: StoredMessage): Message => ({ ...message, createdAt: new Date(message.createdAt) });
 
 const sessionFromStored = (session: StoredSession): Session => ({
   ...session,
@@ -148,6 +188,10 @@ export async function getEventsAfter(
   db: Database,
   { afterSeq, limit, maxBytes, ...owner }: SessionOwner & { afterSeq: number; limit: number; maxBytes: number },
 ): Promise<LoggedChatEvent[]> {
+  // The text an event delivers: what it holds itself, plus its message's when it shows the current row.
+  const showsCurrentMessage = sql`${chatEvents.type} in ('message.created', 'reply.completed', 'reply.failed') and ${chatEvents.data} -> 'message' is null`;
+  const bytes = sql`coalesce(octet_length(${chatEvents.data}::text), 0)
+    + case when ${showsCurrentMessage} then coalesce(octet_length(${chatMessages.content}), 0) else 0 end`;
   const page = db.$with('page').as(
     db
       .select({
@@ -155,12 +199,11 @@ export async function getEventsAfter(
         type: chatEvents.type,
         sessionId: chatEvents.sessionId,
         session: chatEvents.session,
+        data: chatEvents.data,
         messageId: chatEvents.messageId,
         place: sql<number>`row_number() over (order by ${chatEvents.seq})`.as('place'),
         // The text up to and including each event, in order.
-        bytesSoFar: sql<number>`sum(coalesce(octet_length(${chatMessages.content}), 0)) over (order by ${chatEvents.seq})`.as(
-          'bytes_so_far',
-        ),
+        bytesSoFar: sql<number>`sum(${bytes}) over (order by ${chatEvents.seq})`.as('bytes_so_far'),
       })
       .from(chatEvents)
       .leftJoin(chatMessages, eq(chatMessages.id, chatEvents.messageId))
@@ -181,9 +224,11 @@ export async function getEventsAfter(
       type: page.type,
       sessionId: page.sessionId,
       session: page.session,
+      data: page.data,
       messageId: chatMessages.id,
       role: chatMessages.role,
       content: chatMessages.content,
+      status: chatMessages.status,
       messageCreatedAt: chatMessages.createdAt,
     })
     .from(page)
@@ -191,20 +236,40 @@ export async function getEventsAfter(
     .where(sql`${page.place} = 1 or ${page.bytesSoFar} <= ${maxBytes}`)
     .orderBy(asc(page.seq));
   return rows.map((row): LoggedChatEvent => {
-    const base = { seq: row.seq, size: 256 };
+    const logged = (event: ChatEvent | null, text = '') => ({ seq: row.seq, event, size: 256 + 2 * text.length });
     switch (row.type) {
       case 'session.created':
       case 'session.updated':
-        return row.session ? { ...base, event: { type: row.type, session: sessionFromStored(row.session) } } : { ...base, event: null };
+        return logged(row.session && { type: row.type, session: sessionFromStored(row.session) });
       case 'session.deleted':
-        return { ...base, event: { type: row.type, sessionId: row.sessionId } };
+        return logged({ type: row.type, sessionId: row.sessionId });
+    }
+    // A message deleted since (with its session, whose deletion follows) is not replayed.
+    if (row.messageId === null || row.role === null || row.content === null || row.status === null || row.messageCreatedAt === null) {
+      return logged(null);
+    }
+    const current: Message = {
+      id: row.messageId,
+      sessionId: row.sessionId,
+      role: row.role,
+      content: row.content,
+      status: row.status,
+      createdAt: row.messageCreatedAt,
+    };
+    const data = row.data ?? {};
+    switch (row.type) {
       case 'message.created': {
-        if (row.messageId === null || row.role === null || row.content === null || row.messageCreatedAt === null) {
-          return { ...base, event: null };
-        }
-        const message = { id: row.messageId, sessionId: row.sessionId, role: row.role, content: row.content, createdAt: row.messageCreatedAt };
-        return { seq: row.seq, size: base.size + 2 * row.content.length, event: { type: row.type, message } };
+        const message = data.message ? messageFromStored(data.message) : current;
+        return logged({ type: row.type, message }, message.content);
       }
+      case 'reply.delta': {
+        const text = data.text ?? '';
+        return logged({ type: row.type, messageId: row.messageId, sessionId: row.sessionId, text }, text);
+      }
+      case 'reply.completed':
+        return logged({ type: row.type, message: current }, current.content);
+      case 'reply.failed':
+        return logged({ type: row.type, message: current, reason: (data.reason ?? 'provider_error') as ReplyFailure }, current.content);
     }
   });
 }

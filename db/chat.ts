@@ -2,7 +2,7 @@ import { and, desc, eq, sql } from 'drizzle-orm';
 import { type EventLog, openEventLog } from './chat-events.js';
 import type { Database } from './database.js';
 import { isUniqueViolation } from './errors.js';
-import { type ChatMessage, type ChatSession, DEFAULT_SESSION_TITLE, type MessageRole, chatMessages, chatSessions } from './schema.js';
+import { type ChatMessage, type ChatSession, DEFAULT_SESSION_TITLE, type MessageRole, chatMessages, chatSessions, replyUsage } from './schema.js';
 
 /**
  * Whose sessions a query may touch: every function here puts both ids in its `WHERE`, so a
@@ -23,17 +23,20 @@ export const sessionColumns = {
 };
 
 /** `Message` in the API, plus `seq`, the conversation order that message cursors hold. */
-const messageColumns = {
+export const messageColumns = {
   id: chatMessages.id,
   sessionId: chatMessages.sessionId,
   role: chatMessages.role,
   content: chatMessages.content,
+  status: chatMessages.status,
   createdAt: chatMessages.createdAt,
   seq: chatMessages.seq,
 };
 
 export type Session = Pick<ChatSession, keyof typeof sessionColumns>;
-export type Message = Omit<Pick<ChatMessage, keyof typeof messageColumns>, 'seq'>;
+export type Message = Omit<StoredMessageRow, 'seq'>;
+/** A message as read with `messageColumns`. */
+export type StoredMessageRow = Pick<ChatMessage, keyof typeof messageColumns>;
 
 export interface SessionPosition {
   updatedAt: Date;
@@ -43,7 +46,7 @@ export interface SessionPosition {
 const ownedBy = (owner: SessionOwner) =>
   and(eq(chatSessions.userId, owner.userId), eq(chatSessions.organizationId, owner.organizationId));
 
-const ownedSession = (owner: SessionOwner, id: string) => and(eq(chatSessions.id, id), ownedBy(owner));
+export const ownedSession = (owner: SessionOwner, id: string) => and(eq(chatSessions.id, id), ownedBy(owner));
 
 /**
  * The owner's active session, created when there is none: a plain read, which finds it on all
@@ -91,7 +94,7 @@ const readActiveSession = (db: Database) =>
  * Runs `change` in a transaction that first locks the owner's membership row (`openEventLog`),
  * and records the events it returns there. Every change to an owner's chats goes through here.
  */
-async function writeChats<T>(
+export async function writeChats<T>(
   db: Database,
   owner: SessionOwner,
   change: (tx: Database, events: EventLog) => Promise<T>,
@@ -224,55 +227,141 @@ export function renameSessionById(db: Database, { id, title, ...owner }: Session
   });
 }
 
-/** Deletes the session; its messages go with it in the same statement (ON DELETE CASCADE). */
+/**
+ * Deletes the session; its messages go with it in the same statement (ON DELETE CASCADE). A reply
+ * still streaming ends with it, and is metered (with no tokens: the provider reports them only at the end).
+ */
 export function deleteSessionById(db: Database, { id, ...owner }: SessionOwner & { id: string }) {
   return writeChats(db, owner, async (tx, events) => {
+    await tx
+      .insert(replyUsage)
+      .select(
+        tx
+          .select({
+            messageId: chatMessages.id,
+            organizationId: sql<string>`${owner.organizationId}`.as('organization_id'),
+            userId: sql<string>`${owner.userId}`.as('user_id'),
+            model: sql<string>`coalesce(${chatMessages.model}, 'unknown')`.as('model'),
+            inputTokens: sql<number | null>`null::integer`.as('input_tokens'),
+            outputTokens: sql<number | null>`null::integer`.as('output_tokens'),
+            createdAt: sql<Date>`now()`.as('created_at'),
+          })
+          .from(chatMessages)
+          .innerJoin(chatSessions, eq(chatSessions.id, chatMessages.sessionId))
+          .where(and(ownedSession(owner, id), eq(chatMessages.status, 'streaming'))),
+      )
+      .onConflictDoNothing();
     const [deleted] = await tx.delete(chatSessions).where(ownedSession(owner, id)).returning({ id: chatSessions.id });
     if (deleted) await events.record([{ type: 'session.deleted', sessionId: deleted.id }]);
     return deleted !== undefined;
   });
 }
 
+/** What the reply to a message needs when it is stored (`ReplyRunner.storing`). */
+export interface ReplyToStore {
+  model: string;
+  /** How long the reply is taken for alive before the instance writing it must renew it. */
+  leaseMs: number;
+  /** Replies streaming at once in the organization, across instances; one more is refused. */
+  maxPerOrganization: number;
+}
+
+export type AddMessageResult =
+  | { status: 'stored'; message: StoredMessageRow; reply: StoredMessageRow | null }
+  | { status: 'no_session' }
+  /** A reply in this session is still streaming. */
+  | { status: 'reply_streaming' }
+  /** The organization has `maxPerOrganization` replies streaming. */
+  | { status: 'organization_busy' };
+
 /**
- * Stores a message and bumps the session's `updated_at` in one transaction; `undefined` when the
- * owner has no such session. A session still titled `New Chat` with no messages yet takes
- * `titleIfFirst`. The owner's membership row is locked first (`writeChats`), so one session's
- * messages are numbered in commit order and a reader paging by `seq` never finds an older message
- * appearing behind it.
+ * Stores a message and bumps the session's `updated_at` in one transaction, with the assistant's
+ * reply when `reply` is given: empty, `streaming`, right after the message. A session still
+ * titled `New Chat` with no messages yet takes `titleIfFirst`. The owner's membership row is
+ * locked first (`writeChats`), so one session's messages are numbered in commit order and a reader
+ * paging by `seq` never finds an older message appearing behind it. Nothing is stored when the
+ * session already has a reply streaming, or the organization as many as it may.
  */
-export function addMessageToSession(
+export async function addMessageToSession(
   db: Database,
   {
     sessionId,
     role,
     content,
     titleIfFirst,
+    reply,
     ...owner
-  }: SessionOwner & { sessionId: string; role: MessageRole; content: string; titleIfFirst: string },
-) {
-  return writeChats(db, owner, async (tx, events) => {
-    const [session] = await tx
-      .update(chatSessions)
-      .set({
-        updatedAt: sql`now()`,
-        title: sql`case when ${chatSessions.title} = ${DEFAULT_SESSION_TITLE}
-          and not exists (select from ${chatMessages} where ${chatMessages.sessionId} = ${chatSessions.id})
-          then ${titleIfFirst} else ${chatSessions.title} end`,
-      })
-      .where(ownedSession(owner, sessionId))
-      .returning(sessionColumns);
-    if (!session) return undefined;
-    const [message] = await tx
-      .insert(chatMessages)
-      .values({ sessionId, role, content, createdAt: sql`now()` })
-      .returning(messageColumns);
-    if (!message) throw new Error('insert with RETURNING returned no row');
-    await events.record([
-      { type: 'message.created', message },
-      { type: 'session.updated', session },
-    ]);
-    return message;
-  });
+  }: SessionOwner & { sessionId: string; role: MessageRole; content: string; titleIfFirst: string; reply?: ReplyToStore | undefined },
+): Promise<AddMessageResult> {
+  try {
+    return await writeChats(db, owner, async (tx, events): Promise<AddMessageResult> => {
+      const [session] = await tx
+        .update(chatSessions)
+        .set({
+          updatedAt: sql`now()`,
+          title: sql`case when ${chatSessions.title} = ${DEFAULT_SESSION_TITLE}
+            and not exists (select from ${chatMessages} where ${chatMessages.sessionId} = ${chatSessions.id})
+            then ${titleIfFirst} else ${chatSessions.title} end`,
+        })
+        .where(ownedSession(owner, sessionId))
+        .returning(sessionColumns);
+      if (!session) return { status: 'no_session' };
+      if (reply) {
+        const streaming = await countStreamingReplies(tx, { organizationId: owner.organizationId, sessionId });
+        if (streaming.inSession > 0) return { status: 'reply_streaming' };
+        if (streaming.inOrganization >= reply.maxPerOrganization) return { status: 'organization_busy' };
+      }
+      const [message] = await tx
+        .insert(chatMessages)
+        .values({ sessionId, role, content, createdAt: sql`now()` })
+        .returning(messageColumns);
+      if (!message) throw new Error('insert with RETURNING returned no row');
+      const [placeholder] = reply
+        ? await tx
+            .insert(chatMessages)
+            .values({
+              sessionId,
+              role: 'assistant',
+              content: '',
+              status: 'streaming',
+              model: reply.model,
+              leaseExpiresAt: sql`now() + ${reply.leaseMs} * interval '1 millisecond'`,
+              createdAt: sql`now()`,
+            })
+            .returning(messageColumns)
+        : [];
+      await events.record([
+        { type: 'message.created', message },
+        ...(placeholder ? [{ type: 'message.created' as const, message: placeholder }] : []),
+        { type: 'session.updated', session },
+      ]);
+      return { status: 'stored', message, reply: placeholder ?? null };
+    });
+  } catch (error) {
+    // The check above runs under the owner's lock; a reply made streaming some other way (by
+    // hand, or an older instance) still meets the index.
+    if (isUniqueViolation(error, ['chat_messages_one_streaming_idx'])) return { status: 'reply_streaming' };
+    throw error;
+  }
+}
+
+/**
+ * The replies streaming in the organization, and in the session among them. Counted under a lock
+ * on the organization's replies (held to the end of the transaction), so that two instances
+ * storing replies at once cannot both pass the cap; only the transactions that store a reply take it.
+ */
+async function countStreamingReplies(tx: Database, { organizationId, sessionId }: { organizationId: string; sessionId: string }) {
+  await tx.execute(sql`select pg_advisory_xact_lock(hashtextextended(${`replies:${organizationId}`}, 0))`);
+  // A separate statement: in READ COMMITTED it sees what the previous holder of the lock committed.
+  const [counts] = await tx
+    .select({
+      inOrganization: sql<number>`count(*)`.mapWith(Number),
+      inSession: sql<number>`count(*) filter (where ${chatMessages.sessionId} = ${sessionId})`.mapWith(Number),
+    })
+    .from(chatMessages)
+    .innerJoin(chatSessions, eq(chatSessions.id, chatMessages.sessionId))
+    .where(and(eq(chatSessions.organizationId, organizationId), eq(chatMessages.status, 'streaming')));
+  return counts ?? { inOrganization: 0, inSession: 0 };
 }
 
 /** At most this much message text (UTF-8 bytes) in one page, whatever `limit` allows. */

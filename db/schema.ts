@@ -5,6 +5,7 @@ import {
   check,
   foreignKey,
   index,
+  integer,
   jsonb,
   pgTable,
   primaryKey,
@@ -133,6 +134,14 @@ export const chatSessions = pgTable(
 export const messageRoles = ['user', 'assistant', 'system'] as const;
 export type MessageRole = (typeof messageRoles)[number];
 
+/**
+ * A person's message is `complete` when stored. An assistant's reply is `streaming` while the
+ * model writes it, then `complete`, `failed` (the provider refused, broke off or went silent, or
+ * the instance running it stopped) or `stopped` (by the person); it keeps the text received.
+ */
+export const messageStatuses = ['streaming', 'complete', 'failed', 'stopped'] as const;
+export type MessageStatus = (typeof messageStatuses)[number];
+
 export const chatMessages = pgTable(
   'chat_messages',
   {
@@ -145,16 +154,40 @@ export const chatMessages = pgTable(
       .references(() => chatSessions.id, { onDelete: 'cascade' }),
     role: text('role', { enum: messageRoles }).notNull(),
     content: text('content').notNull(),
+    status: text('status', { enum: messageStatuses }).notNull().default('complete'),
+    /** For a reply: the model that wrote it, and the tokens the provider reported. */
+    model: text('model'),
+    inputTokens: integer('input_tokens'),
+    outputTokens: integer('output_tokens'),
+    /**
+     * While a reply streams: the instance writing it renews this; once it has passed, the
+     * instance is taken for dead and any instance marks the reply failed.
+     */
+    leaseExpiresAt: timestampMs('lease_expires_at'),
     createdAt: createdAt(),
   },
   (table) => [
     check('chat_messages_role_check', sql`${table.role} in ('user', 'assistant', 'system')`),
+    check('chat_messages_status_check', sql`${table.status} in ('streaming', 'complete', 'failed', 'stopped')`),
+    check('chat_messages_lease_check', sql`(${table.status} = 'streaming') = (${table.leaseExpiresAt} is not null)`),
     // Serves paging a session's messages from the newest back.
     index('chat_messages_session_seq_idx').on(table.sessionId, table.seq),
+    // One reply streaming per session, whatever races; also finds the replies streaming now.
+    uniqueIndex('chat_messages_one_streaming_idx')
+      .on(table.sessionId)
+      .where(sql`${table.status} = 'streaming'`),
   ],
 );
 
-export const chatEventTypes = ['session.created', 'session.updated', 'session.deleted', 'message.created'] as const;
+export const chatEventTypes = [
+  'session.created',
+  'session.updated',
+  'session.deleted',
+  'message.created',
+  'reply.delta',
+  'reply.completed',
+  'reply.failed',
+] as const;
 export type ChatEventType = (typeof chatEventTypes)[number];
 
 /** A session as an event stores it: `Session` with its dates as ISO strings. */
@@ -166,11 +199,32 @@ export interface StoredSession {
   updatedAt: string;
 }
 
+/** A message as an event stores it: `Message` with its date as an ISO string. */
+export interface StoredMessage {
+  id: string;
+  sessionId: string;
+  role: MessageRole;
+  content: string;
+  status: MessageStatus;
+  createdAt: string;
+}
+
+/** What an event holds beyond its ids, by type. */
+export interface ChatEventData {
+  /** `reply.delta`: the new text. */
+  text?: string;
+  /** `message.created` of a reply: the message as it was then (its text grows afterwards). */
+  message?: StoredMessage;
+  /** `reply.failed`: why, in a word. */
+  reason?: string;
+}
+
 /**
  * What changed in a member's chats, in the order it committed: what `chat.events` replays to a
  * subscriber that reconnects. Kept for the retention the server is configured with
  * (`CHAT_EVENTS_RETENTION_MINUTES`), then deleted. A message event refers to its message rather
- * than copying its text; a session event holds the session as it was then.
+ * than copying its text; a session event holds the session as it was then. A reply's
+ * text arrives as `reply.delta` events, each holding its piece.
  */
 export const chatEvents = pgTable(
   'chat_events',
@@ -184,6 +238,7 @@ export const chatEvents = pgTable(
     sessionId: uuid('session_id').notNull(),
     messageId: uuid('message_id'),
     session: jsonb('session').$type<StoredSession>(),
+    data: jsonb('data').$type<ChatEventData>(),
     createdAt: createdAt(),
   },
   (table) => [
@@ -195,10 +250,34 @@ export const chatEvents = pgTable(
     }).onDelete('cascade'),
     check(
       'chat_events_type_check',
-      sql`${table.type} in ('session.created', 'session.updated', 'session.deleted', 'message.created')`,
+      sql`${table.type} in ('session.created', 'session.updated', 'session.deleted', 'message.created', 'reply.delta', 'reply.completed', 'reply.failed')`,
     ),
     // Serves deleting the events past the retention.
     index('chat_events_created_idx').on(table.createdAt),
+  ],
+);
+
+/**
+ * What each assistant reply cost, for `org.usage`: kept apart from the message so that deleting a
+ * conversation does not delete what the organization used. One row per reply, written when it ends.
+ */
+export const replyUsage = pgTable(
+  'reply_usage',
+  {
+    messageId: uuid('message_id').primaryKey(),
+    organizationId: text('organization_id')
+      .notNull()
+      .references(() => organizations.id, { onDelete: 'cascade' }),
+    userId: text('user_id').notNull(),
+    model: text('model').notNull(),
+    /** As the provider reported them; null when it reported none (a stopped or failed reply). */
+    inputTokens: integer('input_tokens'),
+    outputTokens: integer('output_tokens'),
+    createdAt: createdAt(),
+  },
+  (table) => [
+    // Serves summing an organization's usage over a period.
+    index('reply_usage_organization_created_idx').on(table.organizationId, table.createdAt),
   ],
 );
 

@@ -11,6 +11,8 @@ import type { Logger } from './logger.js';
 import { createInFlightLimit } from './in-flight-limit.js';
 import { createMemberCache } from './member-cache.js';
 import { createChatEventHub } from './chat-events.js';
+import { createLanguageModel, modelNameOf } from './language-model.js';
+import { createReplyRunner } from './replies.js';
 
 /** How often event streams check the membership when the member cache is off (`MEMBER_CACHE_TTL_SECONDS=0`). */
 const DEFAULT_MEMBERSHIP_CHECK_MS = 5_000;
@@ -47,6 +49,23 @@ export async function openServerDeps(config: Config, log: Logger, observers: Ser
     membershipCheckMs: config.memberCache.ttlMs || DEFAULT_MEMBERSHIP_CHECK_MS,
   });
   await chatEvents.start();
+  const { assistant } = config;
+  const replies =
+    assistant.mode === 'on'
+      ? createReplyRunner({
+          ...assistant,
+          db: database.db,
+          log,
+          model: createLanguageModel(assistant.model),
+          modelName: modelNameOf(assistant.model),
+        })
+      : undefined;
+  if (assistant.mode === 'on') {
+    const { model } = assistant;
+    log.info(model.kind === 'demo' ? { model: 'demo' } : { model: model.model, baseUrl: model.baseUrl }, 'Assistant replies on');
+    if (model.kind === 'demo') log.warn('DEMO ASSISTANT: no LLM_BASE_URL is set, so replies come from a built-in demo responder, not a language model');
+  }
+  await replies?.start();
   const deps: HttpServerDeps = {
     db: database.db,
     log,
@@ -57,6 +76,7 @@ export async function openServerDeps(config: Config, log: Logger, observers: Ser
     members: createMemberCache(config.memberCache),
     heavyCalls: createInFlightLimit(config.heavyCallsPerPerson),
     chatEvents,
+    replies,
     idleTimeoutMs: config.idleTimeoutMs,
     maxConnections: config.maxConnections,
   };
@@ -79,6 +99,9 @@ export async function startServer(config: Config, log: Logger, observers: Server
       const closed = once(server, 'close');
       // Since Node 19, close() also closes the keep-alive connections idle at that moment.
       server.close();
+      // Replies being written here end as failed ("interrupted"), with their text so far and
+      // their events, while the database is still open.
+      await deps.replies?.close();
       // Event streams never end by themselves: they end now, telling clients to reconnect (to
       // another instance). Their connections fall idle once that answer is out: closed then,
       // before an EventSource (which waits 3 s) can send its next request on them.

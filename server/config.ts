@@ -3,7 +3,9 @@ import type { DatabaseTarget } from '../db/database.js';
 import { DEFAULT_TOKEN_CACHE_ENTRIES, DEFAULT_TOKEN_CACHE_MAX_BYTES } from './auth/access-token.js';
 import { DEFAULT_EVENT_RETENTION_MS, DEFAULT_SUBSCRIPTIONS_PER_INSTANCE, DEFAULT_SUBSCRIPTIONS_PER_PERSON } from './chat-events.js';
 import { DEFAULT_HEAVY_CALLS_PER_PERSON } from './in-flight-limit.js';
+import type { LanguageModelConfig } from './language-model.js';
 import { DEFAULT_MEMBER_CACHE, type MemberCacheOptions } from './member-cache.js';
+import { DEFAULT_REPLY_LEASE_MS } from './replies.js';
 
 const optionalString = z
   .string()
@@ -26,6 +28,8 @@ function wholeNumber(fallback: number, min: number, max: number) {
 const postgresUrl = z.url({ protocol: /^postgres(ql)?$/, error: 'must be a postgres:// or postgresql:// URL' });
 
 export const DEFAULT_IDLE_TIMEOUT_MS = 30_000;
+export const DEFAULT_SYSTEM_PROMPT = 'You are a helpful assistant. Answer clearly and concisely.';
+export const DEFAULT_LLM_TIMEOUT_MS = 30_000;
 export const DEFAULT_MAX_CONNECTIONS = 10_000;
 
 const envSchema = z.object({
@@ -68,6 +72,17 @@ const envSchema = z.object({
   CHAT_EVENTS_RETENTION_MINUTES: wholeNumber(DEFAULT_EVENT_RETENTION_MS / 60_000, 10, 7 * 24 * 60),
   SUBSCRIPTIONS_PER_PERSON: wholeNumber(DEFAULT_SUBSCRIPTIONS_PER_PERSON, 1, 1_000),
   SUBSCRIPTIONS_PER_INSTANCE: wholeNumber(DEFAULT_SUBSCRIPTIONS_PER_INSTANCE, 1, 1_000_000),
+  ASSISTANT_REPLIES: optionalString.default('on').pipe(z.enum(['on', 'off'], { error: 'must be on or off' })),
+  LLM_BASE_URL: optionalString.pipe(httpUrl.optional()),
+  LLM_API_KEY: optionalString,
+  LLM_MODEL: optionalString,
+  LLM_SYSTEM_PROMPT: optionalString.default(DEFAULT_SYSTEM_PROMPT),
+  LLM_TIMEOUT_MS: wholeNumber(DEFAULT_LLM_TIMEOUT_MS, 1_000, 600_000),
+  LLM_MAX_CONCURRENT_REPLIES: wholeNumber(50, 1, 100_000),
+  LLM_MAX_REPLIES_PER_ORGANIZATION: wholeNumber(20, 1, 100_000),
+  LLM_CONTEXT_MAX_MESSAGES: wholeNumber(20, 1, 1_000),
+  LLM_CONTEXT_MAX_CHARACTERS: wholeNumber(48_000, 1_000, 10_000_000),
+  LLM_REPLY_LEASE_SECONDS: wholeNumber(DEFAULT_REPLY_LEASE_MS / 1000, 3, 3_600),
   PORT: optionalString.default('3000').pipe(
     z.coerce
       .number<string>({ error: 'must be a port number (0-65535)' })
@@ -106,6 +121,8 @@ export interface Config {
   heavyCallsPerPerson: number;
   /** `chat.events`: how long events are kept for replay, and the streams an instance holds per person and in all. */
   chatEvents: { retentionMs: number; subscriptionsPerPerson: number; subscriptionsPerInstance: number };
+  /** Assistant replies to each message, or none (`ASSISTANT_REPLIES=off`). */
+  assistant: AssistantConfig;
   port: number;
   host: string;
   /** A connection with no byte moving either way for this long is closed. */
@@ -113,6 +130,23 @@ export interface Config {
   /** Connections open at once. */
   maxConnections: number;
 }
+
+export type AssistantConfig =
+  | { mode: 'off' }
+  | {
+      mode: 'on';
+      model: LanguageModelConfig;
+      systemPrompt: string;
+      /** The longest wait for the provider's first or next piece of text. */
+      timeoutMs: number;
+      /** Replies one instance writes at once, and one organization has streaming across instances. */
+      maxConcurrentReplies: number;
+      maxRepliesPerOrganization: number;
+      /** What the model is given of the conversation. */
+      context: { maxMessages: number; maxCharacters: number };
+      /** A reply its instance stopped renewing for this long is marked failed by any instance. */
+      leaseMs: number;
+    };
 
 /** Raised for a bad environment; its message is one line naming the variable. */
 export class ConfigError extends Error {
@@ -146,6 +180,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       subscriptionsPerPerson: vars.SUBSCRIPTIONS_PER_PERSON,
       subscriptionsPerInstance: vars.SUBSCRIPTIONS_PER_INSTANCE,
     },
+    assistant: assistantConfig(vars),
     port: vars.PORT,
     host: vars.HOST,
     idleTimeoutMs: vars.HTTP_IDLE_TIMEOUT_SECONDS * 1000,
@@ -197,6 +232,36 @@ function databaseTarget(vars: z.infer<typeof envSchema>): DatabaseTarget {
     connectTimeoutSeconds: vars.DATABASE_CONNECT_TIMEOUT_SECONDS,
     statementTimeoutMs: vars.DATABASE_STATEMENT_TIMEOUT_MS,
     lockTimeoutMs: vars.DATABASE_LOCK_TIMEOUT_MS,
+  };
+}
+
+function assistantConfig(vars: z.infer<typeof envSchema>): AssistantConfig {
+  if (vars.ASSISTANT_REPLIES === 'off') return { mode: 'off' };
+  let model: LanguageModelConfig;
+  if (vars.LLM_BASE_URL) {
+    if (!vars.LLM_MODEL) throw new ConfigError('Invalid configuration: LLM_MODEL is required with LLM_BASE_URL (the model to ask, e.g. gpt-4o-mini or llama3.2)');
+    model = { kind: 'openai-compatible', baseUrl: vars.LLM_BASE_URL, apiKey: vars.LLM_API_KEY, model: vars.LLM_MODEL };
+  } else {
+    const partial = vars.LLM_MODEL ? 'LLM_MODEL' : vars.LLM_API_KEY ? 'LLM_API_KEY' : undefined;
+    if (partial) {
+      throw new ConfigError(`Invalid configuration: ${partial} needs LLM_BASE_URL (for OpenAI: https://api.openai.com/v1)`);
+    }
+    if (vars.NODE_ENV === 'production') {
+      throw new ConfigError(
+        'Invalid configuration: LLM_BASE_URL and LLM_MODEL are required when NODE_ENV=production (the demo responder is for development only), or set ASSISTANT_REPLIES=off',
+      );
+    }
+    model = { kind: 'demo' };
+  }
+  return {
+    mode: 'on',
+    model,
+    systemPrompt: vars.LLM_SYSTEM_PROMPT,
+    timeoutMs: vars.LLM_TIMEOUT_MS,
+    maxConcurrentReplies: vars.LLM_MAX_CONCURRENT_REPLIES,
+    maxRepliesPerOrganization: vars.LLM_MAX_REPLIES_PER_ORGANIZATION,
+    context: { maxMessages: vars.LLM_CONTEXT_MAX_MESSAGES, maxCharacters: vars.LLM_CONTEXT_MAX_CHARACTERS },
+    leaseMs: vars.LLM_REPLY_LEASE_SECONDS * 1000,
   };
 }
 

@@ -7,6 +7,7 @@ import type { CursorCodec } from './cursor.js';
 import type { Logger } from './logger.js';
 import type { InFlightLimit } from './in-flight-limit.js';
 import type { MemberCache } from './member-cache.js';
+import type { ReplyRunner } from './replies.js';
 
 /** What the server is built from; tests build the same with a real database and key set. */
 export interface ServerDeps {
@@ -23,6 +24,8 @@ export interface ServerDeps {
   heavyCalls: InFlightLimit;
   /** Live chat events for `chat.events`. */
   chatEvents: ChatEventHub;
+  /** Writes the assistant's replies; none with `ASSISTANT_REPLIES=off`. */
+  replies: ReplyRunner | undefined;
 }
 
 const DEFAULT_PROCEDURE_TIMEOUT_MS = 15_000;
@@ -64,7 +67,7 @@ export async function authenticate(
  * Data and services only; `protectedProcedure` adds the caller's rows.
  */
 export function createInnerContext(
-  deps: Pick<ServerDeps, 'db' | 'log' | 'cursors' | 'procedureTimeoutMs' | 'members' | 'heavyCalls' | 'chatEvents'>,
+  deps: Pick<ServerDeps, 'db' | 'log' | 'cursors' | 'procedureTimeoutMs' | 'members' | 'heavyCalls' | 'chatEvents' | 'replies'>,
   auth: Auth,
   /** Settles when the HTTP response has been sent or its connection closed; none in-process. */
   answered?: Promise<void>,
@@ -76,6 +79,7 @@ export function createInnerContext(
     members: deps.members,
     heavyCalls: deps.heavyCalls,
     chatEvents: deps.chatEvents,
+    replies: deps.replies,
     procedureTimeoutMs: deps.procedureTimeoutMs ?? DEFAULT_PROCEDURE_TIMEOUT_MS,
     auth,
     answered,

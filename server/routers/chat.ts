@@ -10,11 +10,14 @@ import {
   getSessionById,
   type SessionOwner,
   getSessionsByOwner,
+  type Message,
   renameSessionById,
+  type StoredMessageRow,
   titleFromMessage,
 } from '../../db/chat.js';
+import { stopReplyInSession } from '../../db/replies.js';
 import type { Member } from '../member-cache.js';
-import { protectedProcedure, router } from '../trpc.js';
+import { protectedProcedure, router, unavailable } from '../trpc.js';
 
 /** Length in characters as people count them (code points), as PostgreSQL's `char_length` does. */
 const characters = (value: string) => [...value].length;
@@ -49,6 +52,9 @@ const ownerOf = ({ user, organization }: Member): SessionOwner => ({ userId: use
 
 /** Pages and writes count against the caller's heavy calls in progress (`HEAVY_CALLS_PER_PERSON`). */
 const heavy = { heavy: true };
+
+/** A message as callers see it: `seq` stays inside (cursors hold it, signed). */
+const withoutSeq = ({ seq: _seq, ...message }: StoredMessageRow): Message => message;
 
 function sessionNotFound(): never {
   // The same answer for a session that does not exist and one that is not the caller's.
@@ -127,26 +133,78 @@ export const chatRouter = router({
     .mutation(async ({ ctx, input }) => {
       const owner = ownerOf(ctx);
       if (!(await deleteSessionById(ctx.db, { ...owner, id: input.sessionId }))) sessionNotFound();
+      // Its reply went with it; stop asking the provider for more.
+      ctx.replies?.cancel(input.sessionId);
       ctx.log.info({ ...owner, sessionId: input.sessionId }, 'Deleted session');
       return { sessionId: input.sessionId };
     }),
 
-  /** Stores the caller's message; the first one titles a session still called `New Chat`. */
+  /**
+   * Stores the caller's message (the first one titles a session still called `New Chat`) and
+   * starts the assistant's reply: `reply` is its message, `streaming` and empty, whose text
+   * arrives on `chat.events` (`reply.delta`, then `reply.completed` or `reply.failed`). `reply` is
+   * null when the server runs without an assistant. While a reply streams in the session: CONFLICT.
+   */
   sendMessage: protectedProcedure
     .meta(heavy)
     .input(z.object({ sessionId, content }))
     .mutation(async ({ ctx, input }) => {
       const owner = ownerOf(ctx);
-      const stored = await addMessageToSession(ctx.db, {
-        ...owner,
-        sessionId: input.sessionId,
-        role: 'user',
-        content: input.content,
-        titleIfFirst: titleFromMessage(input.content),
-      });
-      if (!stored) sessionNotFound();
-      const { seq: _seq, ...message } = stored;
-      return message;
+      const { replies } = ctx;
+      // A place among this instance's replies first: refused, nothing is stored.
+      const release = replies?.reserve();
+      if (replies && !release) {
+        if (replies.closing) throw unavailable(new Error('The server is shutting down'));
+        throw new TRPCError({ code: 'TOO_MANY_REQUESTS', message: 'The assistant is answering too many messages; try again shortly' });
+      }
+      let started = false;
+      try {
+        const result = await addMessageToSession(ctx.db, {
+          ...owner,
+          sessionId: input.sessionId,
+          role: 'user',
+          content: input.content,
+          titleIfFirst: titleFromMessage(input.content),
+          reply: replies?.toStore,
+        });
+        switch (result.status) {
+          case 'no_session':
+            return sessionNotFound();
+          case 'reply_streaming':
+            throw new TRPCError({ code: 'CONFLICT', message: 'The assistant is still replying in this session; wait for it or stop it' });
+          case 'organization_busy':
+            throw new TRPCError({
+              code: 'TOO_MANY_REQUESTS',
+              message: 'Your organization has too many replies in progress; try again shortly',
+            });
+        }
+        if (result.reply && replies && release) {
+          replies.run(owner, result.reply, release);
+          started = true;
+          ctx.log.info({ ...owner, sessionId: input.sessionId, messageId: result.reply.id }, 'Reply started');
+        }
+        return { message: withoutSeq(result.message), reply: result.reply && withoutSeq(result.reply) };
+      } finally {
+        if (!started) release?.();
+      }
+    }),
+
+  /**
+   * Stops the session's reply, keeping its text so far (`status: 'stopped'`, announced as
+   * `reply.completed`), and returns it; null when no reply was streaming.
+   */
+  stopReply: protectedProcedure
+    .meta(heavy)
+    .input(z.object({ sessionId }))
+    .mutation(async ({ ctx, input }) => {
+      const owner = ownerOf(ctx);
+      const stopped = await stopReplyInSession(ctx.db, { ...owner, sessionId: input.sessionId });
+      if (stopped === undefined) sessionNotFound();
+      if (stopped === null) return null;
+      // Written here: stop asking the provider now. Written elsewhere: that instance stops at its next write.
+      ctx.replies?.cancel(input.sessionId);
+      ctx.log.info({ ...owner, sessionId: input.sessionId, messageId: stopped.id }, 'Reply stopped');
+      return withoutSeq(stopped);
     }),
 
   /**
@@ -190,7 +248,7 @@ export const chatRouter = router({
       }
       const oldest = messages[0];
       return {
-        items: messages.map(({ seq: _seq, ...message }) => message),
+        items: messages.map(withoutSeq),
         nextCursor: hasMore && oldest ? ctx.cursors.encode(scope, { seq: oldest.seq }) : null,
       };
     }),

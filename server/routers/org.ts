@@ -1,6 +1,12 @@
 import { z } from 'zod';
 import { getMembersByOrganizationId } from '../../db/members.js';
+import { getUsageByOrganization } from '../../db/replies.js';
 import { adminProcedure, router } from '../trpc.js';
+
+const usageCursor = z.object({ month: z.string(), userId: z.string() });
+
+/** The first instant of the UTC month `months` months after the one `date` is in. */
+const monthStart = (date: Date, months = 0) => new Date(Date.UTC(date.getUTCFullYear(), date.getUTCMonth() + months, 1));
 
 const memberCursor = z.object({ createdAt: z.iso.datetime().transform((value) => new Date(value)), userId: z.string() });
 
@@ -25,6 +31,39 @@ export const orgRouter = router({
       return {
         items: members.map(({ joinedAt: _joinedAt, ...member }) => member),
         nextCursor: hasMore && last ? ctx.cursors.encode(scope, { createdAt: last.joinedAt, userId: last.userId }) : null,
+      };
+    }),
+
+  /**
+   * The assistant's replies and the tokens they used in the current organization, per month (UTC,
+   * `YYYY-MM`) and per user, months in order: from `from` (default: the start of the month eleven
+   * months ago) to `to` (default: now), `to` excluded. Admins only. A reply counts in the month it ended.
+   */
+  usage: adminProcedure
+    .meta({ heavy: true })
+    .input(
+      z
+        .object({
+          from: z.date().optional(),
+          to: z.date().optional(),
+          limit: z.number().int().min(1).max(1000).default(100),
+          cursor: z.string().max(1024).nullish(),
+        })
+        .refine(({ from, to }) => !from || !to || from < to, { error: '`from` must be before `to`', path: ['from'] })
+        .default({ limit: 100 }),
+    )
+    .query(async ({ ctx, input }) => {
+      const to = input.to ?? new Date();
+      const from = input.from ?? monthStart(to, -11);
+      const scope = `org.usage:${ctx.organization.id}:${from.toISOString()}:${to.toISOString()}`;
+      const after = input.cursor ? ctx.cursors.decode(scope, usageCursor, input.cursor) : undefined;
+      const { usage, hasMore } = await getUsageByOrganization(ctx.db, { organizationId: ctx.organization.id, from, to, limit: input.limit, after });
+      const last = usage.at(-1);
+      return {
+        from,
+        to,
+        items: usage,
+        nextCursor: hasMore && last ? ctx.cursors.encode(scope, { month: last.month, userId: last.userId }) : null,
       };
     }),
 });

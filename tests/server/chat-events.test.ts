@@ -57,7 +57,7 @@ describe('chat.events through the typed client over HTTP', () => {
     await events.connected();
 
     const first = await client.chat.createSession.mutate({ title: 'First' });
-    const message = await client.chat.sendMessage.mutate({ sessionId: first.id, content: 'Hello there' });
+    const { message } = await client.chat.sendMessage.mutate({ sessionId: first.id, content: 'Hello there' });
     const second = await client.chat.createSession.mutate({ title: 'Second' });
     const reactivated = await client.chat.setActiveSession.mutate({ sessionId: first.id });
     const renamed = await client.chat.renameSession.mutate({ sessionId: second.id, title: 'Renamed' });
@@ -114,7 +114,7 @@ describe('chat.events through the typed client over HTTP', () => {
       expiresAt: new Date(Date.now() + 60_000),
       signal: controller.signal,
     });
-    const message = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'before the first read' });
+    const { message } = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'before the first read' });
     // The notification has long been handled by the time a slow reader starts.
     await new Promise((resolve) => setTimeout(resolve, 100));
     const events = stream[Symbol.asyncIterator]();
@@ -165,12 +165,12 @@ describe('chat.events through the typed client over HTTP', () => {
     const lastEventId = first.received.at(-1)!.id;
 
     // Made while no stream is open.
-    const message = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'while away' });
+    const { message } = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'while away' });
     const renamed = await client.chat.renameSession.mutate({ sessionId: session.id, title: 'Renamed while away' });
 
     const resumed = watchEvents(client, { lastEventId });
     await resumed.atLeast(3);
-    const later = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'after' });
+    const { message: later } = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'after' });
     await resumed.atLeast(5);
     await new Promise((resolve) => setTimeout(resolve, 100));
     expect(resumed.received.map((event) => event.data)).toEqual([
@@ -217,7 +217,7 @@ describe('chat.events through the typed client over HTTP', () => {
     await late.atLeast(1);
     expect(late.received[0]).toEqual({ id: latest, data: { type: 'resync' } });
     // And then live, from there on.
-    const next = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'three' });
+    const { message: next } = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'three' });
     await late.atLeast(3);
     expect(late.received[1]).toEqual({ id: idAfter(latest, 1), data: { type: 'message.created', message: next } });
     late.close();
@@ -232,7 +232,7 @@ describe('chat.events through the typed client over HTTP', () => {
     await first.atLeast(1);
     first.close();
     const seen = first.received[0]!.id;
-    const kept = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'kept' });
+    const { message: kept } = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'kept' });
     await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'after the hole' });
     // The session.updated right after `kept` is gone; the events around it are not.
     await expireChatEvents(app.db, { userId: sub, organizationId: tenantId }, [seqOf(seen) + 2]);
@@ -265,7 +265,7 @@ describe('chat.events through the typed client over HTTP', () => {
     await whileInsertsFail(app.db, failure, () =>
       expect(client.chat.sendMessage.mutate({ sessionId: session.id, content: 'refused' })).rejects.toThrow(),
     );
-    const after = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'after' });
+    const { message: after } = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'after' });
     await watch.atLeast(4);
     await new Promise((resolve) => setTimeout(resolve, 100));
     expect(watch.received.map((event) => event.data.type === 'message.created' && event.data.message.content)).toEqual([
@@ -373,12 +373,12 @@ describe('how a chat.events stream ends', () => {
     const balancer = await startLoadBalancer([http.url]);
     const watch = watchEvents(createApiClient({ url: `${balancer.url}/trpc`, getToken: () => token }));
     await watch.connected();
-    const before = await writer.chat.sendMessage.mutate({ sessionId: session.id, content: 'before the outage' });
+    const { message: before } = await writer.chat.sendMessage.mutate({ sessionId: session.id, content: 'before the outage' });
     await watch.atLeast(2);
 
     balancer.setRefusing(true);
     balancer.dropConnections();
-    const during = await writer.chat.sendMessage.mutate({ sessionId: session.id, content: 'during the outage' });
+    const { message: during } = await writer.chat.sendMessage.mutate({ sessionId: session.id, content: 'during the outage' });
     await vi.waitFor(() => expect(balancer.refused).toBeGreaterThanOrEqual(2), { timeout: 10_000 });
     balancer.setRefusing(false);
 
@@ -578,7 +578,7 @@ async function expectNothingMissedAcrossExpiry(watch: EventWatch, writer: ApiCli
   const session = await writer.chat.getActiveSession.query();
   const sent: string[] = [];
   while (Date.now() < until) {
-    sent.push((await writer.chat.sendMessage.mutate({ sessionId: session.id, content: `message ${sent.length}` })).id);
+    sent.push((await writer.chat.sendMessage.mutate({ sessionId: session.id, content: `message ${sent.length}` })).message.id);
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
   await watch.until(() => {
@@ -656,7 +656,7 @@ describe.skipIf(!inject('databaseUrl'))('chat.events across two instances on one
     const onB = watchEvents(ada.b);
     await Promise.all([onA.connected(), onB.connected()]);
     const session = await ada.a.chat.getActiveSession.query();
-    const message = await ada.a.chat.sendMessage.mutate({ sessionId: session.id, content: 'across instances' });
+    const { message } = await ada.a.chat.sendMessage.mutate({ sessionId: session.id, content: 'across instances' });
     for (const watch of [onA, onB]) {
       await watch.atLeast(3);
       expect(watch.received[1]?.data).toEqual({ type: 'message.created', message });
@@ -677,7 +677,7 @@ describe.skipIf(!inject('databaseUrl'))('chat.events across two instances on one
 
     const missed = [];
     for (const content of ['one', 'two', 'three']) {
-      missed.push(await ada.a.chat.sendMessage.mutate({ sessionId: session.id, content }));
+      missed.push((await ada.a.chat.sendMessage.mutate({ sessionId: session.id, content })).message);
     }
     const onB = watchEvents(ada.b, { lastEventId: onA.received.at(-1)!.id });
     await onB.atLeast(6);
@@ -763,7 +763,7 @@ describe.skipIf(!inject('databaseUrl'))('chat.events across two instances on one
     await instances.database.db.execute(
       sql`select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'frontegg-trpc-chat listener' and datname = current_database()`,
     );
-    const message = await ada.a.chat.sendMessage.mutate({ sessionId: session.id, content: 'while B was not listening' });
+    const { message } = await ada.a.chat.sendMessage.mutate({ sessionId: session.id, content: 'while B was not listening' });
     await onB.atLeast(2, 10_000);
     expect(onB.received[0]?.data).toEqual({ type: 'message.created', message });
     onB.close();

@@ -82,7 +82,7 @@ describe('the chat router through the typed client over HTTP', () => {
     // Queries and mutations batch separately (GET and POST): two requests for three calls.
     expect(counter.requests).toBe(2);
     expect(sessions.items.map((s) => s.id)).toEqual([session.id]);
-    expect([one.content, two.content]).toEqual(['first', 'second']);
+    expect([one.message.content, two.message.content]).toEqual(['first', 'second']);
 
     counter.requests = 0;
     const [messages, again, missing] = await Promise.allSettled([
@@ -141,13 +141,16 @@ describe('the typed client’s inference', () => {
       createdAt: Date;
       updatedAt: Date;
     }>();
-    expectTypeOf<RouterOutputs['chat']['sendMessage']>().toEqualTypeOf<{
+    type Message = {
       id: string;
       sessionId: string;
       role: 'user' | 'assistant' | 'system';
       content: string;
+      status: 'streaming' | 'complete' | 'failed' | 'stopped';
       createdAt: Date;
-    }>();
+    };
+    expectTypeOf<RouterOutputs['chat']['sendMessage']>().toEqualTypeOf<{ message: Message; reply: Message | null }>();
+    expectTypeOf<RouterOutputs['chat']['stopReply']>().toEqualTypeOf<Message | null>();
     expectTypeOf<RouterOutputs['chat']['listSessions']>().toEqualTypeOf<{ items: Session[]; nextCursor: string | null }>();
     expectTypeOf<RouterOutputs['chat']['deleteSession']>().toEqualTypeOf<{ sessionId: string }>();
     expectTypeOf<RouterInputs['chat']['sendMessage']>().toEqualTypeOf<{ sessionId: string; content: string }>();

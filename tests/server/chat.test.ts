@@ -389,14 +389,17 @@ describe('chat.sendMessage', () => {
   it('stores the message as the user’s and bumps the session’s activity', async () => {
     const caller = await app.as(newPerson());
     const session = await caller.chat.getActiveSession();
-    const message = await caller.chat.sendMessage({ sessionId: session.id, content: '  Hello there  ' });
+    const { message, reply } = await caller.chat.sendMessage({ sessionId: session.id, content: '  Hello there  ' });
     expect(message).toEqual({
       id: expect.any(String),
       sessionId: session.id,
       role: 'user',
       content: '  Hello there  ',
+      status: 'complete',
       createdAt: expect.any(Date),
     });
+    // This app runs without an assistant (ASSISTANT_REPLIES=off).
+    expect(reply).toBeNull();
     const after = await caller.chat.getSession({ sessionId: session.id });
     expect(after.updatedAt).toEqual(message.createdAt);
     expect(after.updatedAt.getTime()).toBeGreaterThanOrEqual(session.updatedAt.getTime());
@@ -437,7 +440,7 @@ describe('chat.sendMessage', () => {
     const caller = await app.as(newPerson());
     const session = await caller.chat.getActiveSession();
     const content = 'z'.repeat(32_000);
-    expect(await caller.chat.sendMessage({ sessionId: session.id, content })).toMatchObject({ content });
+    expect((await caller.chat.sendMessage({ sessionId: session.id, content })).message).toMatchObject({ content });
   });
 
   it.each([

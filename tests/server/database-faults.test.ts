@@ -102,7 +102,7 @@ describe.skipIf(!databaseUrl)('with the database behind a proxy that the test cu
       proxy.setState('up');
       expect((await get('/readyz')).status).toBe(200);
       expect(await client.chat.getActiveSession.query()).toEqual(session);
-      const message = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'after the outage' });
+      const { message } = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'after the outage' });
       expect(message.content).toBe('after the outage');
     });
   });
@@ -160,7 +160,7 @@ describe.skipIf(!databaseUrl)('with the database behind a proxy that the test cu
       for (let i = 0; i < 25; i += 1) {
         const content = `${name} #${i}`;
         try {
-          const message = await client.chat.sendMessage.mutate({ sessionId: session.id, content });
+          const { message } = await client.chat.sendMessage.mutate({ sessionId: session.id, content });
           acknowledged.set(message.id, content);
         } catch (error) {
           refusals.push((error as { data?: { httpStatus?: number } }).data?.httpStatus);

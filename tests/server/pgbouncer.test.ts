@@ -158,7 +158,7 @@ describe.skipIf(skipped !== '')(`behind PgBouncer in transaction mode${skipped}`
     const events = watchEvents(client);
     await events.connected();
     const session = await client.chat.getActiveSession.query();
-    const message = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'through PgBouncer' });
+    const { message } = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'through PgBouncer' });
     await events.atLeast(3);
     expect(events.received[1]?.data).toEqual({ type: 'message.created', message });
     events.close();
@@ -264,7 +264,7 @@ describe.skipIf(skipped !== '')(`behind PgBouncer in transaction mode${skipped}`
     expect(logged).toBeDefined();
     // Nothing was stored, and the next call goes through.
     expect(await direct`select 1 from chat_messages where content = 'behind the lock'`).toHaveLength(0);
-    expect((await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'after the lock' })).content).toBe('after the lock');
+    expect((await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'after the lock' })).message.content).toBe('after the lock');
   });
 
   /**
@@ -289,7 +289,7 @@ describe.skipIf(skipped !== '')(`behind PgBouncer in transaction mode${skipped}`
         const content = `${name} #${i}`;
         const started = performance.now();
         try {
-          const message = await client.chat.sendMessage.mutate({ sessionId: session.id, content });
+          const { message } = await client.chat.sendMessage.mutate({ sessionId: session.id, content });
           acknowledged.set(message.id, content);
           if (faultDone) writesAfter += 1;
         } catch (error) {

@@ -10,7 +10,12 @@ import { type TestIdentityProvider, startIdentityProvider } from './identity-pro
  * on a free loopback port: the configuration's own defaults, from `loadConfig`, with `overrides`.
  */
 export function productionConfig(url: string, idp: TestIdentityProvider, overrides: Partial<Config> = {}): Config {
-  const config = loadConfig({ NODE_ENV: 'production', DATABASE_URL: url, FRONTEGG_BASE_URL: 'https://unused.example' });
+  const config = loadConfig({
+    NODE_ENV: 'production',
+    DATABASE_URL: url,
+    FRONTEGG_BASE_URL: 'https://unused.example',
+    ASSISTANT_REPLIES: 'off',
+  });
   return {
     ...config,
     logLevel: 'silent',

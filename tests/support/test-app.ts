@@ -16,9 +16,12 @@ import {
   DEFAULT_SUBSCRIPTIONS_PER_PERSON,
   createChatEventHub,
 } from '../../server/chat-events.js';
+import { createLanguageModel } from '../../server/language-model.js';
+import { type ReplyRunnerOptions, createReplyRunner } from '../../server/replies.js';
+import { DEFAULT_LLM_TIMEOUT_MS, DEFAULT_SYSTEM_PROMPT } from '../../server/config.js';
 import { createCaller } from '../../server/root.js';
 import { openTestDatabase } from './database.js';
-import { startIdentityProvider } from './identity-provider.js';
+import { type TestIdentityProvider, startIdentityProvider } from './identity-provider.js';
 
 /**
  * The real server parts wired as `npm start` wires them, on the test database, trusting the
@@ -32,14 +35,25 @@ export async function startTestApp(
     heavyCallsPerPerson?: number;
     /** A migrated database to use instead of this run's (closed with the app). */
     database?: DatabaseHandle;
+    /**
+     * Another instance of the server beside this app: on its database, trusting its identity
+     * provider. Closing the new one closes neither.
+     */
+    alongside?: { database: DatabaseHandle; idp: TestIdentityProvider };
     /** How often event streams check the membership (default: the member cache's lifetime). */
     membershipCheckMs?: number;
     subscriptionsPerPerson?: number;
     subscriptionsPerInstance?: number;
+    /**
+     * Assistant replies: none (the default, as with ASSISTANT_REPLIES=off), or from the language
+     * model at `baseUrl` (a test's own server), else the demo responder. Other runner settings
+     * as given, else the production defaults.
+     */
+    assistant?: false | (Partial<Omit<ReplyRunnerOptions, 'db' | 'log' | 'model'>> & { baseUrl?: string });
   } = {},
 ) {
-  const database = options.database ?? (await openTestDatabase({ onStatement: options.onStatement }));
-  const idp = await startIdentityProvider();
+  const database = options.alongside?.database ?? options.database ?? (await openTestDatabase({ onStatement: options.onStatement }));
+  const idp = options.alongside?.idp ?? (await startIdentityProvider());
   const logs: Record<string, unknown>[] = [];
   // The server's own logger (its redaction and error serializer), writing into `logs`.
   const log = createLogger({ level: 'debug', destination: { write: (line: string) => void logs.push(JSON.parse(line)) } });
@@ -53,6 +67,23 @@ export async function startTestApp(
     membershipCheckMs: options.membershipCheckMs ?? DEFAULT_MEMBER_CACHE.ttlMs,
   });
   await chatEvents.start();
+  const replies = options.assistant ? startReplyRunner(options.assistant) : undefined;
+  await replies?.start();
+  function startReplyRunner({ baseUrl, ...settings }: Exclude<typeof options.assistant, false | undefined>) {
+    const modelName = settings.modelName ?? 'test-model';
+    return createReplyRunner({
+      db: database.db,
+      log,
+      model: createLanguageModel(baseUrl ? { kind: 'openai-compatible', baseUrl, apiKey: 'test-key', model: modelName } : { kind: 'demo' }),
+      modelName,
+      systemPrompt: DEFAULT_SYSTEM_PROMPT,
+      timeoutMs: DEFAULT_LLM_TIMEOUT_MS,
+      maxConcurrentReplies: 50,
+      maxRepliesPerOrganization: 20,
+      context: { maxMessages: 20, maxCharacters: 48_000 },
+      ...settings,
+    });
+  }
   const deps: ServerDeps = {
     db: database.db,
     log,
@@ -67,6 +98,7 @@ export async function startTestApp(
     members: options.members ?? createMemberCache(),
     heavyCalls: createInFlightLimit(options.heavyCallsPerPerson ?? DEFAULT_HEAVY_CALLS_PER_PERSON),
     chatEvents,
+    replies,
   };
 
   /**
@@ -95,7 +127,9 @@ export async function startTestApp(
       return callerFor(await idp.mintToken({ claims }), options);
     },
     async close() {
+      await replies?.close();
       await chatEvents.close();
+      if (options.alongside) return;
       await idp.close();
       await database.close();
     },

@@ -1,0 +1,241 @@
+import { and, desc, eq, gte, inArray, lt, sql } from 'drizzle-orm';
+import type { EventLog, ReplyFailure } from './chat-events.js';
+import { type SessionOwner, type StoredMessageRow, messageColumns, ownedSession, writeChats } from './chat.js';
+import type { Database } from './database.js';
+import { chatMessages, chatSessions, replyUsage } from './schema.js';
+
+/** Tokens as the provider reported them; `undefined` where it reported none. */
+export interface TokenUsage {
+  inputTokens: number | undefined;
+  outputTokens: number | undefined;
+}
+
+/** The reply streaming in the owner's session (that reply only, when `messageId` is given). */
+const streamingReply = (owner: SessionOwner, { messageId, sessionId }: { messageId?: string; sessionId: string }) =>
+  and(
+    messageId === undefined ? undefined : eq(chatMessages.id, messageId),
+    eq(chatMessages.status, 'streaming'),
+    eq(chatMessages.sessionId, sessionId),
+    sql`exists (select from ${chatSessions} where ${ownedSession(owner, sessionId)})`,
+  );
+
+const leaseFromNow = (leaseMs: number) => sql`now() + ${leaseMs} * interval '1 millisecond'`;
+
+/**
+ * Appends `text` to a streaming reply, records it as `reply.delta` and renews the reply's lease
+ * (with no text, only the lease). `false` when the reply no longer streams: stopped, deleted with
+ * its session, or marked failed by another instance; its writer should stop.
+ */
+export function appendToReply(
+  db: Database,
+  { messageId, sessionId, text, leaseMs, ...owner }: SessionOwner & { messageId: string; sessionId: string; text: string; leaseMs: number },
+): Promise<boolean> {
+  return writeChats(db, owner, async (tx, events) => {
+    const [reply] = await tx
+      .update(chatMessages)
+      .set({ content: sql`${chatMessages.content} || ${text}`, leaseExpiresAt: leaseFromNow(leaseMs) })
+      .where(streamingReply(owner, { messageId, sessionId }))
+      .returning({ id: chatMessages.id });
+    if (reply && text) await events.record([{ type: 'reply.delta', messageId, sessionId, text }]);
+    return reply !== undefined;
+  });
+}
+
+/**
+ * Ends a streaming reply with the rest of its text: `complete`, or `failed` for `reason`. Records
+ * `reply.completed` or `reply.failed` and the reply's usage. `undefined` when it no longer streams.
+ */
+export function finishReply(
+  db: Database,
+  {
+    messageId,
+    sessionId,
+    text,
+    usage,
+    failure,
+    ...owner
+  }: SessionOwner & { messageId: string; sessionId: string; text: string; usage: TokenUsage | undefined; failure: ReplyFailure | undefined },
+): Promise<StoredMessageRow | undefined> {
+  return writeChats(db, owner, async (tx, events) => {
+    const [reply] = await endReplies(tx, events, owner, streamingReply(owner, { messageId, sessionId }), {
+      text,
+      usage,
+      failure,
+      status: failure ? 'failed' : 'complete',
+    });
+    return reply;
+  });
+}
+
+/**
+ * Stops the session's streaming reply, keeping the text stored so far (`stopped`, announced as
+ * `reply.completed`). `null` when none was streaming; `undefined` when the owner has no such session.
+ */
+export async function stopReplyInSession(
+  db: Database,
+  { sessionId, ...owner }: SessionOwner & { sessionId: string },
+): Promise<StoredMessageRow | null | undefined> {
+  return writeChats(db, owner, async (tx, events) => {
+    const [session] = await tx.select({ id: chatSessions.id }).from(chatSessions).where(ownedSession(owner, sessionId));
+    if (!session) return undefined;
+    const [reply] = await endReplies(tx, events, owner, streamingReply(owner, { sessionId }), { text: '', usage: undefined, failure: undefined, status: 'stopped' });
+    return reply ?? null;
+  });
+}
+
+/**
+ * Sets the status of the owner's replies matching `where` (all still streaming), appends `text`,
+ * stores their usage, and records how each ended. Returns the replies so ended.
+ */
+async function endReplies(
+  tx: Database,
+  events: EventLog,
+  owner: SessionOwner,
+  where: ReturnType<typeof and>,
+  { text, usage, failure, status }: { text: string; usage: TokenUsage | undefined; failure: ReplyFailure | undefined; status: 'complete' | 'failed' | 'stopped' },
+): Promise<StoredMessageRow[]> {
+  const ended = await tx
+    .update(chatMessages)
+    .set({
+      status,
+      content: sql`${chatMessages.content} || ${text}`,
+      leaseExpiresAt: null,
+      inputTokens: usage?.inputTokens ?? null,
+      outputTokens: usage?.outputTokens ?? null,
+    })
+    .where(where)
+    .returning({ ...messageColumns, model: chatMessages.model });
+  if (ended.length === 0) return [];
+  await tx
+    .insert(replyUsage)
+    .values(
+      ended.map((reply) => ({
+        messageId: reply.id,
+        organizationId: owner.organizationId,
+        userId: owner.userId,
+        model: reply.model ?? 'unknown',
+        inputTokens: usage?.inputTokens ?? null,
+        outputTokens: usage?.outputTokens ?? null,
+      })),
+    )
+    .onConflictDoNothing();
+  const messages = ended.map(({ model: _model, ...message }) => message);
+  await events.record(
+    messages.flatMap((message) => [
+      // The deltas add up to the stored text.
+      ...(text ? [{ type: 'reply.delta' as const, messageId: message.id, sessionId: message.sessionId, text }] : []),
+      failure ? { type: 'reply.failed' as const, message, reason: failure } : { type: 'reply.completed' as const, message },
+    ]),
+  );
+  return messages;
+}
+
+/**
+ * Marks failed (`interrupted`) the streaming replies whose lease has passed: their instance
+ * stopped renewing them, so it is gone. At most `limit` at a time; returns them with their owners.
+ * Safe on every instance at once: each reply is re-checked under its owner's lock.
+ */
+export async function failAbandonedReplies(db: Database, { limit = 100 } = {}) {
+  const abandoned = await db
+    .select({ id: chatMessages.id, sessionId: chatMessages.sessionId, userId: chatSessions.userId, organizationId: chatSessions.organizationId })
+    .from(chatMessages)
+    .innerJoin(chatSessions, eq(chatSessions.id, chatMessages.sessionId))
+    .where(and(eq(chatMessages.status, 'streaming'), lt(chatMessages.leaseExpiresAt, sql`now()`)))
+    .limit(limit);
+  const failed: { owner: SessionOwner; message: StoredMessageRow }[] = [];
+  for (const { id, sessionId, ...owner } of abandoned) {
+    const [message] = await writeChats(db, owner, (tx, events) =>
+      endReplies(
+        tx,
+        events,
+        owner,
+        and(streamingReply(owner, { messageId: id, sessionId }), lt(chatMessages.leaseExpiresAt, sql`now()`)),
+        { text: '', usage: undefined, failure: 'interrupted', status: 'failed' },
+      ),
+    );
+    if (message) failed.push({ owner, message });
+  }
+  return failed;
+}
+
+/**
+ * What the model is given of the conversation: the session's messages before `beforeSeq` that
+ * were answered or written in full (`complete`) or in part (`stopped`), newest first up to
+ * `maxMessages` and `maxCharacters` (the newest is always given), returned oldest first.
+ */
+export async function getConversationForReply(
+  db: Database,
+  {
+    sessionId,
+    beforeSeq,
+    maxMessages,
+    maxCharacters,
+    ...owner
+  }: SessionOwner & { sessionId: string; beforeSeq: number; maxMessages: number; maxCharacters: number },
+) {
+  const newest = db.$with('newest').as(
+    db
+      .select({
+        role: chatMessages.role,
+        content: chatMessages.content,
+        seq: chatMessages.seq,
+        charactersSoFar: sql<number>`sum(char_length(${chatMessages.content})) over (order by ${chatMessages.seq} desc)`.as(
+          'characters_so_far',
+        ),
+        place: sql<number>`row_number() over (order by ${chatMessages.seq} desc)`.as('place'),
+      })
+      .from(chatMessages)
+      .innerJoin(chatSessions, eq(chatSessions.id, chatMessages.sessionId))
+      .where(
+        and(
+          eq(chatMessages.sessionId, sessionId),
+          ownedSession(owner, sessionId),
+          lt(chatMessages.seq, beforeSeq),
+          inArray(chatMessages.role, ['user', 'assistant']),
+          inArray(chatMessages.status, ['complete', 'stopped']),
+          sql`${chatMessages.content} <> ''`,
+        ),
+      )
+      .orderBy(desc(chatMessages.seq))
+      .limit(maxMessages),
+  );
+  const rows = await db
+    .with(newest)
+    .select({ role: newest.role, content: newest.content })
+    .from(newest)
+    .where(sql`${newest.place} = 1 or ${newest.charactersSoFar} <= ${maxCharacters}`)
+    .orderBy(newest.seq);
+  return rows as { role: 'user' | 'assistant'; content: string }[];
+}
+
+/**
+ * The organization's replies and tokens from `from` (inclusive) to `to` (exclusive), per calendar
+ * month (UTC) and per user, in that order, `limit` rows at a time after `after`.
+ */
+export async function getUsageByOrganization(
+  db: Database,
+  {
+    organizationId,
+    from,
+    to,
+    limit,
+    after,
+  }: { organizationId: string; from: Date; to: Date; limit: number; after?: { month: string; userId: string } | undefined },
+) {
+  const month = sql<string>`to_char(date_trunc('month', ${replyUsage.createdAt} at time zone 'UTC'), 'YYYY-MM')`;
+  const rows = await db
+    .select({
+      month,
+      userId: replyUsage.userId,
+      replies: sql<number>`count(*)`.mapWith(Number),
+      inputTokens: sql<number>`coalesce(sum(${replyUsage.inputTokens}), 0)`.mapWith(Number),
+      outputTokens: sql<number>`coalesce(sum(${replyUsage.outputTokens}), 0)`.mapWith(Number),
+    })
+    .from(replyUsage)
+    .where(and(eq(replyUsage.organizationId, organizationId), gte(replyUsage.createdAt, from), lt(replyUsage.createdAt, to)))
+    .groupBy(month, replyUsage.userId)
+    .having(after && sql`(${month}, ${replyUsage.userId}) > (${after.month}, ${after.userId})`)
+    .orderBy(month, replyUsage.userId)
+    .limit(limit + 1);
+  return { usage: rows.slice(0, limit), hasMore: rows.length > limit };
+}

@@ -1,0 +1,247 @@
+import { setTimeout as delay } from 'node:timers/promises';
+import type { LanguageModelV3 } from '@ai-sdk/provider';
+import { streamText } from 'ai';
+import type { ReplyFailure } from '../db/chat-events.js';
+import type { ReplyToStore, SessionOwner, StoredMessageRow } from '../db/chat.js';
+import type { Database } from '../db/database.js';
+import { type TokenUsage, appendToReply, failAbandonedReplies, finishReply, getConversationForReply } from '../db/replies.js';
+import type { Logger } from './logger.js';
+
+export interface ReplyRunnerOptions {
+  db: Database;
+  log: Logger;
+  model: LanguageModelV3;
+  /** The name replies are stored and metered under (`LLM_MODEL`). */
+  modelName: string;
+  systemPrompt: string;
+  /** The longest wait for the provider's first or next piece of text (`LLM_TIMEOUT_MS`). */
+  timeoutMs: number;
+  /** Replies this instance writes at once (`LLM_MAX_CONCURRENT_REPLIES`). */
+  maxConcurrentReplies: number;
+  /** Replies streaming at once in one organization, across instances. */
+  maxRepliesPerOrganization: number;
+  /** What the model is given of the conversation: at most this many messages and characters. */
+  context: { maxMessages: number; maxCharacters: number };
+  /**
+   * A reply whose instance has not renewed it for this long is marked failed by any instance
+   * (default 30 s); each instance looks for such replies every third of it.
+   */
+  leaseMs?: number;
+}
+
+export const DEFAULT_REPLY_LEASE_MS = 30_000;
+/** Text received within this long of the last write goes into the database together. */
+const WRITE_EVERY_MS = 50;
+const WRITE_RETRY_MS = 1_000;
+
+/** Why this instance stopped a reply itself (the abort reason). */
+const aborted = {
+  timeout: new Error('The provider sent no text in time'),
+  shutdown: new Error('The server is shutting down'),
+  /** Stopped, deleted with its session, or marked failed elsewhere: nothing more to write. */
+  gone: new Error('The reply no longer streams'),
+};
+
+/**
+ * Writes assistant replies: after `sendMessage` has stored the person's message and the reply's
+ * empty `streaming` message, `run` asks the model and stores its text as it arrives, in writes
+ * at most every 50 ms, each a `reply.delta` event. The reply ends `complete` or `failed`; a person's
+ * stop, or the session's deletion, ends it in the database, and the writer stops at its next write.
+ *
+ * Each streaming reply holds a lease in its row, renewed by the instance writing it. An instance
+ * that dies stops renewing, and any instance (its own restart included) marks such replies failed.
+ */
+export function createReplyRunner(options: ReplyRunnerOptions) {
+  const { db, log } = options;
+  const leaseMs = options.leaseMs ?? DEFAULT_REPLY_LEASE_MS;
+  const running = new Map<string, { sessionId: string; controller: AbortController; done: Promise<void> }>();
+  let places = 0;
+  let sweeper: NodeJS.Timeout | undefined;
+  let sweeping: Promise<void> | undefined;
+  let closed = false;
+
+  const toStore: ReplyToStore = { model: options.modelName, leaseMs, maxPerOrganization: options.maxRepliesPerOrganization };
+
+  async function write(owner: SessionOwner, reply: StoredMessageRow, controller: AbortController) {
+    const ids = { ...owner, sessionId: reply.sessionId, messageId: reply.id };
+    const startedAt = Date.now();
+    /** Received and not yet stored. */
+    let pending = '';
+    let lastWrite = Date.now();
+    let ended = false;
+    let gone = false;
+    let writing: Promise<void> | undefined;
+
+    async function storePending() {
+      while (!gone) {
+        const wait = lastWrite + WRITE_EVERY_MS - Date.now();
+        if (wait > 0) await delay(wait);
+        // Once the stream has ended, `finishReply` stores the rest in the same write as the end.
+        if (ended) return;
+        const text = pending;
+        // With nothing to add, a write only renews the lease, a third of it after the last.
+        if (!text && Date.now() - lastWrite < leaseMs / 3) return;
+        pending = '';
+        try {
+          if (!(await appendToReply(db, { ...ids, text, leaseMs }))) {
+            gone = true;
+            controller.abort(aborted.gone);
+          }
+        } catch (error) {
+          pending = text + pending;
+          log.warn({ ...ids, err: error }, 'Could not store reply text; trying again');
+          await delay(WRITE_RETRY_MS);
+        }
+        lastWrite = Date.now();
+        if (!pending) return;
+      }
+    }
+    const store = () => {
+      writing ??= storePending().finally(() => {
+        writing = undefined;
+      });
+    };
+
+    const renew = setInterval(store, leaseMs / 3);
+    let idle: NodeJS.Timeout | undefined;
+    const waitForText = () => {
+      clearTimeout(idle);
+      idle = setTimeout(() => controller.abort(aborted.timeout), options.timeoutMs);
+    };
+    let usage: TokenUsage | undefined;
+    let failure: ReplyFailure | undefined;
+    try {
+      const conversation = await getConversationForReply(db, { ...ids, beforeSeq: reply.seq, ...options.context });
+      waitForText();
+      const result = streamText({
+        model: options.model,
+        system: options.systemPrompt,
+        messages: conversation,
+        abortSignal: controller.signal,
+        // A failed reply is shown as failed: the person sends again, rather than waiting on retries.
+        maxRetries: 0,
+        // Reported through the stream below; the SDK's default prints it, request and all, to stderr.
+        onError: () => {},
+      });
+      for await (const part of result.fullStream) {
+        if (part.type === 'text-delta') {
+          waitForText();
+          pending += part.text;
+          store();
+        } else if (part.type === 'reasoning-delta') {
+          waitForText();
+        } else if (part.type === 'error') {
+          throw part.error;
+        } else if (part.type === 'finish') {
+          usage = { inputTokens: part.totalUsage.inputTokens, outputTokens: part.totalUsage.outputTokens };
+          // A stream that ends without a finish_reason was cut short, not finished.
+          if (part.rawFinishReason === undefined) throw new Error('The provider ended the stream without a finish_reason');
+        }
+      }
+      if (controller.signal.aborted) throw controller.signal.reason;
+    } catch (error) {
+      const reason = controller.signal.aborted ? controller.signal.reason : undefined;
+      if (reason === aborted.gone) gone = true;
+      else {
+        failure = reason === aborted.timeout ? 'timeout' : reason === aborted.shutdown ? 'interrupted' : 'provider_error';
+        log.warn({ ...ids, reason: failure, provider: failure === 'provider_error' ? describeProviderError(error) : undefined }, 'Reply failed');
+      }
+    } finally {
+      clearTimeout(idle);
+      clearInterval(renew);
+      ended = true;
+    }
+    await writing;
+    if (gone) {
+      log.info({ ...ids }, 'Reply ended elsewhere (stopped, or its session deleted)');
+      return;
+    }
+    try {
+      const message = await finishReply(db, { ...ids, text: pending, usage, failure });
+      if (message && !failure) {
+        log.info({ ...ids, model: options.modelName, ...usage, durationMs: Date.now() - startedAt }, 'Reply completed');
+      }
+    } catch (error) {
+      log.error({ ...ids, err: error }, 'Could not store the end of a reply; it is marked failed once its lease passes');
+    }
+  }
+
+  async function sweep() {
+    try {
+      for (const { owner, message } of await failAbandonedReplies(db)) {
+        log.warn({ ...owner, sessionId: message.sessionId, messageId: message.id }, 'Marked failed a reply whose instance stopped writing it');
+      }
+    } catch (error) {
+      log.warn({ err: error }, 'Could not look for abandoned replies');
+    }
+  }
+
+  return {
+    /** What `addMessageToSession` stores with a message to start its reply. */
+    toStore,
+    /**
+     * A place for one more reply in this instance; `undefined` when it writes as many as it may.
+     * Call the result if no reply was stored after all; `run` gives it back when the reply ends.
+     */
+    reserve(): (() => void) | undefined {
+      if (closed || places >= options.maxConcurrentReplies) return undefined;
+      places += 1;
+      let released = false;
+      return () => {
+        if (released) return;
+        released = true;
+        places -= 1;
+      };
+    },
+    /** Writes the reply stored by `addMessageToSession`, in the background. */
+    run(owner: SessionOwner, reply: StoredMessageRow, release: () => void) {
+      const controller = new AbortController();
+      const done = write(owner, reply, controller)
+        .catch((error: unknown) => log.error({ ...owner, messageId: reply.id, err: error }, 'Reply writer failed'))
+        .finally(() => {
+          running.delete(reply.id);
+          release();
+        });
+      running.set(reply.id, { sessionId: reply.sessionId, controller, done });
+    },
+    /** Stops writing the session's reply here, after it was stopped or deleted in the database. */
+    cancel(sessionId: string) {
+      for (const reply of running.values()) if (reply.sessionId === sessionId) reply.controller.abort(aborted.gone);
+    },
+    /** Marks failed, now and every third of a lease, the replies of instances that stopped. */
+    async start() {
+      await sweep();
+      sweeper = setInterval(() => {
+        sweeping ??= sweep().finally(() => {
+          sweeping = undefined;
+        });
+      }, leaseMs / 3);
+      sweeper.unref();
+    },
+    /** Ends the replies being written here as failed (`interrupted`), keeping their text. */
+    async close() {
+      closed = true;
+      clearInterval(sweeper);
+      for (const reply of running.values()) reply.controller.abort(aborted.shutdown);
+      await Promise.all([...running.values()].map((reply) => reply.done));
+      await sweeping;
+    },
+    /** Whether `close` has been called: no more replies start here. */
+    get closing() {
+      return closed;
+    },
+    /** Replies being written here now. */
+    get running() {
+      return running.size;
+    },
+  };
+}
+
+export type ReplyRunner = ReturnType<typeof createReplyRunner>;
+
+/** What the log keeps of a provider's error: its kind, status and message, not the request (the conversation). */
+function describeProviderError(error: unknown) {
+  if (!(error instanceof Error)) return { message: String(error).slice(0, 300) };
+  const { statusCode } = error as { statusCode?: number };
+  return { name: error.name, statusCode, message: error.message.slice(0, 300) };
+}

@@ -99,9 +99,6 @@ export async function startServer(config: Config, log: Logger, observers: Server
       const closed = once(server, 'close');
       // Since Node 19, close() also closes the keep-alive connections idle at that moment.
       server.close();
-      // Replies being written here end as failed ("interrupted"), with their text so far and
-      // their events, while the database is still open.
-      await deps.replies?.close();
       // Event streams never end by themselves: they end now, telling clients to reconnect (to
       // another instance). Their connections fall idle once that answer is out: closed then,
       // before an EventSource (which waits 3 s) can send its next request on them.
@@ -112,6 +109,10 @@ export async function startServer(config: Config, log: Logger, observers: Server
       } finally {
         clearInterval(sweep);
       }
+      // Once every request has its answer (a reply a message in flight started included): the
+      // replies being written here end as failed (`interrupted`), keeping their text, while the
+      // database is still open. Subscribers on other instances see them end.
+      await deps.replies?.close();
       await database.close();
     },
   };

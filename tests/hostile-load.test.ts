@@ -35,6 +35,8 @@ it('a signed-in person with 100 messages of 32,000 emoji and 100 connections tha
   const env = newcomerEnv({
     NODE_OPTIONS: '--max-old-space-size=256',
     HTTP_IDLE_TIMEOUT_SECONDS: '2',
+    // One person's hundred messages in a row, each stored at once: no assistant replies between.
+    ASSISTANT_REPLIES: 'off',
     PGLITE_DATA_DIR: join(dataDir, 'pglite'),
     LOCAL_IDENTITY_KEY_FILE: join(dataDir, 'signing-key.json'),
     ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {}),

@@ -47,10 +47,14 @@ describe('the README start path', () => {
       const demo = await run('npm', ['run', '-s', 'demo', '--', '--url', url], { cwd: projectRoot, env: newcomerEnv() });
       expect(demo.stdout).toContain('✓ one organization, two members');
       expect(demo.stdout).toMatch(/tab 2 ← #\S+ message\.created "Thanks!"/);
-      expect(demo.stdout).toContain('✓ the second tab received every message live, once each, in order');
-      expect(demo.stdout).toMatch(/page 3: "How does tRPC share types/);
+      expect(demo.stdout).toContain('✓ the second tab received every question live, once each, in order');
+      // The demo responder (no LLM_BASE_URL), streamed in and stopped.
+      expect(demo.stdout).toMatch(/reply\.delta…: This is the demo assistant/);
+      expect(demo.stdout).toContain('✓ the second tab saw 3 replies stream in and complete');
+      expect(demo.stdout).toContain('✓ the second tab saw the reply end as stopReply said');
+      expect(demo.stdout).toMatch(/page 4: user "How does tRPC share types/);
       expect(demo.stdout).toContain('✓ getSession: NOT_FOUND');
-      expect(demo.stdout).toContain('✓ Ada still has exactly her 5 messages');
+      expect(demo.stdout).toContain('✓ Ada still has exactly her 8 messages');
       expect(demo.stdout.trimEnd()).toMatch(/Done\.$/);
     } finally {
       await interrupt(child);
@@ -101,7 +105,11 @@ describe('the README start path', () => {
       let text = '';
       for await (const chunk of answer) text += chunk;
       expect(answer.statusCode).toBe(200);
-      expect(JSON.parse(text).result.data.json).toMatchObject({ content: 'sent across the shutdown', role: 'user' });
+      expect(JSON.parse(text).result.data.json).toMatchObject({
+        message: { content: 'sent across the shutdown', role: 'user' },
+        // The demo assistant's reply, started: the shutdown then ends it as failed (interrupted).
+        reply: { role: 'assistant', status: 'streaming' },
+      });
 
       // The stream ended with a retryable error, so tRPC's client reconnects (elsewhere, behind a load balancer).
       const events = await streamText;

@@ -506,6 +506,7 @@ describe('chat.listMessages', () => {
       sessionId,
       role: 'user',
       content: 'message 5',
+      status: 'complete',
       createdAt: expect.any(Date),
     });
     const before = await caller.chat.listMessages({ sessionId, limit: 3, cursor: latest.nextCursor });

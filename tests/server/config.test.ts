@@ -14,6 +14,17 @@ describe('loadConfig', () => {
       memberCache: { maxEntries: 10_000, ttlMs: 60_000, maxBytes: 16 * 2 ** 20 },
       heavyCallsPerPerson: 10,
       chatEvents: { retentionMs: 60 * 60_000, subscriptionsPerPerson: 20, subscriptionsPerInstance: 5_000 },
+      // No language model configured: the demo responder, in development only.
+      assistant: {
+        mode: 'on',
+        model: { kind: 'demo' },
+        systemPrompt: 'You are a helpful assistant. Answer clearly and concisely.',
+        timeoutMs: 30_000,
+        maxConcurrentReplies: 50,
+        maxRepliesPerOrganization: 20,
+        context: { maxMessages: 20, maxCharacters: 48_000 },
+        leaseMs: 30_000,
+      },
       port: 3000,
       host: '127.0.0.1',
       idleTimeoutMs: 30_000,
@@ -54,12 +65,13 @@ describe('loadConfig', () => {
       FRONTEGG_ISSUER: 'https://auth.example.com',
       FRONTEGG_JWKS_URL: 'https://keys.example.com/jwks.json',
       NODE_ENV: 'production',
+      ASSISTANT_REPLIES: 'off',
     });
     expect(config.identity).toMatchObject({ issuer: 'https://auth.example.com', jwksUrl: 'https://keys.example.com/jwks.json' });
   });
 
   it('accepts https:// in any letter case in production', () => {
-    const config = loadConfig({ NODE_ENV: 'production', FRONTEGG_BASE_URL: 'HTTPS://app-abc.frontegg.com' });
+    const config = loadConfig({ NODE_ENV: 'production', FRONTEGG_BASE_URL: 'HTTPS://app-abc.frontegg.com', ASSISTANT_REPLIES: 'off' });
     expect(config.identity).toMatchObject({ mode: 'frontegg' });
   });
 
@@ -172,6 +184,58 @@ describe('loadConfig', () => {
       'Invalid configuration: FRONTEGG_ISSUER must be an https:// URL when NODE_ENV=production',
     ],
   ])('refuses %j with one line naming the variable', (env, message) => {
+    expect(() => loadConfig(env)).toThrow(message);
+  });
+});
+
+describe('loadConfig: the assistant', () => {
+  const production = { NODE_ENV: 'production', FRONTEGG_BASE_URL: 'https://app-abc.frontegg.com' };
+
+  it('speaks to an OpenAI-compatible endpoint given LLM_BASE_URL and LLM_MODEL, with the key when there is one', () => {
+    const config = loadConfig({
+      ...production,
+      LLM_BASE_URL: 'https://api.openai.com/v1/',
+      LLM_MODEL: 'gpt-4o-mini',
+      LLM_API_KEY: 'sk-test',
+      LLM_SYSTEM_PROMPT: 'Be brief.',
+      LLM_TIMEOUT_MS: '45000',
+      LLM_MAX_CONCURRENT_REPLIES: '8',
+      LLM_MAX_REPLIES_PER_ORGANIZATION: '3',
+      LLM_CONTEXT_MAX_MESSAGES: '10',
+      LLM_CONTEXT_MAX_CHARACTERS: '20000',
+      LLM_REPLY_LEASE_SECONDS: '10',
+    });
+    expect(config.assistant).toEqual({
+      mode: 'on',
+      model: { kind: 'openai-compatible', baseUrl: 'https://api.openai.com/v1', apiKey: 'sk-test', model: 'gpt-4o-mini' },
+      systemPrompt: 'Be brief.',
+      timeoutMs: 45_000,
+      maxConcurrentReplies: 8,
+      maxRepliesPerOrganization: 3,
+      context: { maxMessages: 10, maxCharacters: 20_000 },
+      leaseMs: 10_000,
+    });
+    // Ollama needs no key.
+    expect(loadConfig({ LLM_BASE_URL: 'http://127.0.0.1:11434/v1', LLM_MODEL: 'llama3.2' }).assistant).toMatchObject({
+      model: { kind: 'openai-compatible', apiKey: undefined, model: 'llama3.2' },
+    });
+  });
+
+  it('never runs the demo responder in production: it asks for LLM_BASE_URL, or ASSISTANT_REPLIES=off', () => {
+    expect(() => loadConfig(production)).toThrow(
+      /^Invalid configuration: LLM_BASE_URL and LLM_MODEL are required when NODE_ENV=production .* or set ASSISTANT_REPLIES=off$/,
+    );
+    expect(loadConfig({ ...production, ASSISTANT_REPLIES: 'off' }).assistant).toEqual({ mode: 'off' });
+  });
+
+  it.each([
+    [{ LLM_BASE_URL: 'https://api.openai.com/v1' }, /^Invalid configuration: LLM_MODEL is required with LLM_BASE_URL/],
+    [{ LLM_MODEL: 'gpt-4o-mini' }, /^Invalid configuration: LLM_MODEL needs LLM_BASE_URL/],
+    [{ LLM_API_KEY: 'sk-test' }, /^Invalid configuration: LLM_API_KEY needs LLM_BASE_URL/],
+    [{ LLM_BASE_URL: 'ftp://models.example' }, /^Invalid configuration: LLM_BASE_URL must be an http\(s\) URL$/],
+    [{ LLM_TIMEOUT_MS: '10' }, /^Invalid configuration: LLM_TIMEOUT_MS must be a whole number from 1000 to 600000$/],
+    [{ ASSISTANT_REPLIES: 'maybe' }, /^Invalid configuration: ASSISTANT_REPLIES must be on or off$/],
+  ])('refuses %o in one line naming the variable', (env, message) => {
     expect(() => loadConfig(env)).toThrow(message);
   });
 });

@@ -2,7 +2,8 @@ import { randomUUID } from 'node:crypto';
 import { and, count, eq } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { ApiClient, ChatEvent } from '../../client/index.js';
-import { chatMessages, chatSessions } from '../../db/schema.js';
+import { addMessageToSession } from '../../db/chat.js';
+import { chatMessages, chatSessions, replyUsage } from '../../db/schema.js';
 import { DEFAULT_SYSTEM_PROMPT } from '../../server/config.js';
 import { clientError } from '../support/errors.js';
 import { type EventWatch, watchEvents } from '../support/events.js';
@@ -322,6 +323,9 @@ describe('one reply per session, stopping and deleting', () => {
     await client.chat.deleteSession.mutate({ sessionId: session.id });
     await provider.closed;
     await vi.waitFor(() => expect(app.deps.replies!.running).toBe(0));
+    await events.until(() => expect(events.types()).toContain('session.deleted'));
+    // Nothing after it: a writer's next write finds the reply gone.
+    await new Promise((resolve) => setTimeout(resolve, 200));
     expect(events.types().at(-1)).toBe('session.deleted');
     expect(await app.db.select().from(chatMessages).where(eq(chatMessages.id, reply!.id))).toEqual([]);
     events.close();
@@ -411,5 +415,183 @@ describe('limits', () => {
       await second.close();
       await first.close();
     }
+  });
+});
+
+describe('replies that outlive their writer', () => {
+  it('a reply left streaming by an instance that is gone is marked failed (interrupted) when a runner starts, and announced', async () => {
+    const { client, session, sub, tenantId } = await signIn();
+    const events = watchEvents(client);
+    await events.connected();
+    // Stored as a sendMessage of a dead instance left it: streaming, its lease passed, nobody writing it.
+    const stored = await addMessageToSession(app.db, {
+      userId: sub,
+      organizationId: tenantId,
+      sessionId: session.id,
+      role: 'user',
+      content: 'Hello?',
+      titleIfFirst: 'Hello?',
+      reply: { model: MODEL, leaseMs: 1, maxPerOrganization: 20 },
+    });
+    if (stored.status !== 'stored' || !stored.reply) throw new Error(`not stored: ${stored.status}`);
+    const restarted = await startTestApp({ alongside: app, assistant: { baseUrl: llm.baseUrl, leaseMs: 60_000 } });
+    try {
+      const end = await replyEnd(events, stored.reply.id);
+      expect(end).toMatchObject({ type: 'reply.failed', reason: 'interrupted', message: { id: stored.reply.id, status: 'failed' } });
+      const [usage] = await app.db.select().from(replyUsage).where(eq(replyUsage.messageId, stored.reply.id));
+      expect(usage).toMatchObject({ organizationId: tenantId, userId: sub, model: MODEL, inputTokens: null, outputTokens: null });
+    } finally {
+      await restarted.close();
+      events.close();
+    }
+  });
+
+  it('shutting down ends the replies being written as failed (interrupted), keeping their text', async () => {
+    const closing = await startTestApp({ alongside: app, assistant: { baseUrl: llm.baseUrl } });
+    const server = await startHttpServer(closing);
+    const { client, session, sub, tenantId } = await signIn({}, server);
+    // Ada's other tab, on the instance that stays.
+    const watcher = watchEvents(http.clientFor(await app.idp.mintToken({ claims: { sub, tenantId } })));
+    await watcher.connected();
+    const provider = llm.nextReply();
+    const { reply } = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'Long one' });
+    provider.text('Begun');
+    await watcher.until(() => expect(deltasOf(watcher, reply!.id)).toEqual(['Begun']));
+    await server.close();
+    await closing.close();
+    // Seen on the instance that stays.
+    expect(await replyEnd(watcher, reply!.id)).toMatchObject({
+      type: 'reply.failed',
+      reason: 'interrupted',
+      message: { content: 'Begun', status: 'failed' },
+    });
+    await provider.closed;
+    watcher.close();
+  });
+});
+
+describe('without a language model, and without an assistant', () => {
+  it('the demo responder streams a short reply word by word that says it is a demo', async () => {
+    const demo = await startTestApp({ alongside: app, assistant: {} });
+    const server = await startHttpServer(demo);
+    try {
+      const { client, session } = await signIn({}, server);
+      const events = watchEvents(client);
+      await events.connected();
+      const { reply } = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'Hi there' });
+      const end = await replyEnd(events, reply!.id);
+      expect(end.type).toBe('reply.completed');
+      expect(end.message.content).toMatch(/^This is the demo assistant, not a language model: .* You wrote “Hi there”\.$/);
+      expect(deltasOf(events, reply!.id).length).toBeGreaterThan(3);
+      expect(deltasOf(events, reply!.id).join('')).toBe(end.message.content);
+      events.close();
+    } finally {
+      await server.close();
+      await demo.close();
+    }
+  });
+
+  it('ASSISTANT_REPLIES=off: sendMessage returns reply null and nothing else changes', async () => {
+    const off = await startTestApp({ alongside: app });
+    const server = await startHttpServer(off);
+    try {
+      const { client, session } = await signIn({}, server);
+      const events = watchEvents(client);
+      await events.connected();
+      const first = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'One' });
+      const second = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'Two' });
+      expect([first.reply, second.reply]).toEqual([null, null]);
+      await events.atLeast(4);
+      expect(events.types()).toEqual(['message.created', 'session.updated', 'message.created', 'session.updated']);
+      expect(await client.chat.stopReply.mutate({ sessionId: session.id })).toBeNull();
+      expect((await messagesOf(client, session.id)).map((message) => [message.role, message.status])).toEqual([
+        ['user', 'complete'],
+        ['user', 'complete'],
+      ]);
+      events.close();
+    } finally {
+      await server.close();
+      await off.close();
+    }
+  });
+});
+
+describe('org.usage', () => {
+  /** Usage rows as replies that ended at `at` leave them. */
+  async function used(organizationId: string, rows: { userId: string; at: string; input: number | null; output: number | null }[]) {
+    await app.db.insert(replyUsage).values(
+      rows.map(({ userId, at, input, output }) => ({
+        messageId: randomUUID(),
+        organizationId,
+        userId,
+        model: MODEL,
+        inputTokens: input,
+        outputTokens: output,
+        createdAt: new Date(at),
+      })),
+    );
+  }
+
+  it('sums replies and tokens per month (UTC) and per user, within from and to, for admins only', async () => {
+    const admin = await signIn({ roles: ['Admin'] });
+    const member = await signIn({ tenantId: admin.tenantId, roles: [] });
+    const elsewhere = await signIn();
+    await used(admin.tenantId, [
+      { userId: 'u-1', at: '2026-01-31T23:59:59.999Z', input: 10, output: 5 },
+      { userId: 'u-1', at: '2026-01-01T00:00:00.000Z', input: 1, output: 2 },
+      { userId: 'u-2', at: '2026-01-15T12:00:00.000Z', input: 7, output: null },
+      { userId: 'u-1', at: '2026-02-01T00:00:00.000Z', input: 100, output: 50 },
+      { userId: 'u-1', at: '2026-03-01T00:00:00.000Z', input: 1000, output: 500 },
+    ]);
+    await used(elsewhere.tenantId, [{ userId: 'u-1', at: '2026-01-10T00:00:00.000Z', input: 99, output: 99 }]);
+
+    const usage = await admin.client.org.usage.query({ from: new Date('2026-01-01T00:00:00Z'), to: new Date('2026-03-01T00:00:00Z') });
+    expect(usage.items).toEqual([
+      { month: '2026-01', userId: 'u-1', replies: 2, inputTokens: 11, outputTokens: 7 },
+      { month: '2026-01', userId: 'u-2', replies: 1, inputTokens: 7, outputTokens: 0 },
+      { month: '2026-02', userId: 'u-1', replies: 1, inputTokens: 100, outputTokens: 50 },
+    ]);
+    expect(usage.nextCursor).toBeNull();
+
+    // Paged, the same rows.
+    const first = await admin.client.org.usage.query({ from: new Date('2026-01-01T00:00:00Z'), to: new Date('2026-03-01T00:00:00Z'), limit: 2 });
+    const rest = await admin.client.org.usage.query({
+      from: new Date('2026-01-01T00:00:00Z'),
+      to: new Date('2026-03-01T00:00:00Z'),
+      limit: 2,
+      cursor: first.nextCursor,
+    });
+    expect([...first.items, ...rest.items]).toEqual(usage.items);
+
+    expect((await clientError(member.client.org.usage.query())).data?.code).toBe('FORBIDDEN');
+    const backwards = await clientError(admin.client.org.usage.query({ from: new Date('2026-03-01'), to: new Date('2026-01-01') }));
+    expect(backwards.data?.code).toBe('BAD_REQUEST');
+  });
+
+  it('keeps counting a reply whose session was deleted while it streamed', async () => {
+    const { client, session, sub } = await signIn();
+    const provider = llm.nextReply();
+    await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'Never mind' });
+    await provider.request;
+    await client.chat.deleteSession.mutate({ sessionId: session.id });
+    await provider.closed;
+    const usage = await client.org.usage.query();
+    expect(usage.items).toEqual([{ month: new Date().toISOString().slice(0, 7), userId: sub, replies: 1, inputTokens: 0, outputTokens: 0 }]);
+  });
+
+  it('logs carry ids, never the text of a message or a reply', async () => {
+    const { client, session } = await signIn();
+    const events = watchEvents(client);
+    await events.connected();
+    const provider = llm.nextReply();
+    const { reply } = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'my secret question' });
+    provider.text('the secret answer');
+    provider.finish({ usage: { input: 3, output: 3 } });
+    await replyEnd(events, reply!.id);
+    const logged = JSON.stringify(app.logs);
+    expect(logged).toContain(reply!.id);
+    expect(logged).not.toContain('my secret question');
+    expect(logged).not.toContain('the secret answer');
+    events.close();
   });
 });

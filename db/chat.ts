@@ -1,8 +1,17 @@
-import { and, desc, eq, sql } from 'drizzle-orm';
-import { type EventLog, openEventLog } from './chat-events.js';
+import { type SQL, and, desc, eq, sql } from 'drizzle-orm';
+import { type EventLog, type ReplyFailure, openEventLog } from './chat-events.js';
 import type { Database } from './database.js';
 import { isUniqueViolation } from './errors.js';
-import { type ChatMessage, type ChatSession, DEFAULT_SESSION_TITLE, type MessageRole, chatMessages, chatSessions, replyUsage } from './schema.js';
+import {
+  type ChatMessage,
+  type ChatSession,
+  DEFAULT_SESSION_TITLE,
+  type MessageRole,
+  chatEvents,
+  chatMessages,
+  chatSessions,
+  replyUsage,
+} from './schema.js';
 
 /**
  * Whose sessions a query may touch: every function here puts both ids in its `WHERE`, so a
@@ -229,35 +238,99 @@ export function renameSessionById(db: Database, { id, title, ...owner }: Session
 
 /**
  * Deletes the session; its messages go with it in the same statement (ON DELETE CASCADE). A reply
- * still streaming ends with it, and is metered (with no tokens: the provider reports them only at the end).
+ * still streaming is stopped first, so that it is metered, and the text its `reply.delta` events
+ * hold is cleared: nothing of the conversation outlives it.
  */
 export function deleteSessionById(db: Database, { id, ...owner }: SessionOwner & { id: string }) {
   return writeChats(db, owner, async (tx, events) => {
-    await tx
-      .insert(replyUsage)
-      .select(
-        tx
-          .select({
-            messageId: chatMessages.id,
-            organizationId: sql<string>`${owner.organizationId}`.as('organization_id'),
-            userId: sql<string>`${owner.userId}`.as('user_id'),
-            model: sql<string>`coalesce(${chatMessages.model}, 'unknown')`.as('model'),
-            inputTokens: sql<number | null>`null::integer`.as('input_tokens'),
-            outputTokens: sql<number | null>`null::integer`.as('output_tokens'),
-            createdAt: sql<Date>`now()`.as('created_at'),
-          })
-          .from(chatMessages)
-          .innerJoin(chatSessions, eq(chatSessions.id, chatMessages.sessionId))
-          .where(and(ownedSession(owner, id), eq(chatMessages.status, 'streaming'))),
-      )
-      .onConflictDoNothing();
+    await endReplies(tx, events, owner, streamingReply(owner, { sessionId: id }), { status: 'stopped' });
     const [deleted] = await tx.delete(chatSessions).where(ownedSession(owner, id)).returning({ id: chatSessions.id });
-    if (deleted) await events.record([{ type: 'session.deleted', sessionId: deleted.id }]);
-    return deleted !== undefined;
+    if (!deleted) return false;
+    await events.record([{ type: 'session.deleted', sessionId: deleted.id }]);
+    await tx
+      .update(chatEvents)
+      .set({ data: null })
+      .where(
+        and(
+          eq(chatEvents.userId, owner.userId),
+          eq(chatEvents.organizationId, owner.organizationId),
+          eq(chatEvents.sessionId, deleted.id),
+          eq(chatEvents.type, 'reply.delta'),
+        ),
+      );
+    return true;
   });
 }
 
-/** What the reply to a message needs when it is stored (`ReplyRunner.storing`). */
+/** The reply streaming in the owner's session (that reply only, when `messageId` is given). */
+export const streamingReply = (owner: SessionOwner, { messageId, sessionId }: { messageId?: string; sessionId: string }) =>
+  and(
+    messageId === undefined ? undefined : eq(chatMessages.id, messageId),
+    eq(chatMessages.status, 'streaming'),
+    eq(chatMessages.sessionId, sessionId),
+    sql`exists (select from ${chatSessions} where ${ownedSession(owner, sessionId)})`,
+  );
+
+/** Tokens as the provider reported them; `undefined` where it reported none. */
+export interface TokenUsage {
+  inputTokens: number | undefined;
+  outputTokens: number | undefined;
+}
+
+/**
+ * Ends the owner's replies matching `where` (all still streaming) with `status`, appending `text`,
+ * stores what each used, and records how each ended (the rest of its text as a last
+ * `reply.delta`, so that the deltas add up to the stored text). Returns the replies so ended.
+ * The one way a reply ends.
+ */
+export async function endReplies(
+  tx: Database,
+  events: EventLog,
+  owner: SessionOwner,
+  where: SQL | undefined,
+  {
+    status,
+    text = '',
+    usage,
+    failure,
+  }: { status: 'complete' | 'failed' | 'stopped'; text?: string; usage?: TokenUsage | undefined; failure?: ReplyFailure | undefined },
+): Promise<StoredMessageRow[]> {
+  const ended = await tx
+    .update(chatMessages)
+    .set({
+      status,
+      content: sql`${chatMessages.content} || ${text}`,
+      leaseExpiresAt: null,
+      inputTokens: usage?.inputTokens ?? null,
+      outputTokens: usage?.outputTokens ?? null,
+    })
+    .where(where)
+    .returning({ ...messageColumns, model: chatMessages.model });
+  if (ended.length === 0) return [];
+  await tx
+    .insert(replyUsage)
+    .values(
+      ended.map((reply) => ({
+        messageId: reply.id,
+        organizationId: owner.organizationId,
+        userId: owner.userId,
+        model: reply.model ?? 'unknown',
+        inputTokens: usage?.inputTokens ?? null,
+        outputTokens: usage?.outputTokens ?? null,
+      })),
+    )
+    .onConflictDoNothing();
+  const messages = ended.map(({ model: _model, ...message }) => message);
+  await events.record(
+    messages.flatMap((message) => [
+      ...(text ? [{ type: 'reply.delta' as const, messageId: message.id, sessionId: message.sessionId, text }] : []),
+      failure ? { type: 'reply.failed' as const, message, reason: failure } : { type: 'reply.completed' as const, message },
+    ]),
+  );
+  return messages;
+}
+
+/** What the reply to a message needs when it is stored (`ReplyRunner.toStore`). */
 export interface ReplyToStore {
   model: string;
   /** How long the reply is taken for alive before the instance writing it must renew it. */
@@ -295,6 +368,12 @@ export async function addMessageToSession(
 ): Promise<AddMessageResult> {
   try {
     return await writeChats(db, owner, async (tx, events): Promise<AddMessageResult> => {
+      // First, so that a refused message changes nothing, not even the session's activity.
+      if (reply) {
+        const streaming = await countStreamingReplies(tx, { ...owner, sessionId });
+        if (streaming.inSession > 0) return { status: 'reply_streaming' };
+        if (streaming.inOrganization >= reply.maxPerOrganization) return { status: 'organization_busy' };
+      }
       const [session] = await tx
         .update(chatSessions)
         .set({
@@ -306,11 +385,6 @@ export async function addMessageToSession(
         .where(ownedSession(owner, sessionId))
         .returning(sessionColumns);
       if (!session) return { status: 'no_session' };
-      if (reply) {
-        const streaming = await countStreamingReplies(tx, { organizationId: owner.organizationId, sessionId });
-        if (streaming.inSession > 0) return { status: 'reply_streaming' };
-        if (streaming.inOrganization >= reply.maxPerOrganization) return { status: 'organization_busy' };
-      }
       const [message] = await tx
         .insert(chatMessages)
         .values({ sessionId, role, content, createdAt: sql`now()` })
@@ -346,21 +420,22 @@ export async function addMessageToSession(
 }
 
 /**
- * The replies streaming in the organization, and in the session among them. Counted under a lock
- * on the organization's replies (held to the end of the transaction), so that two instances
- * storing replies at once cannot both pass the cap; only the transactions that store a reply take it.
+ * The replies streaming in the owner's organization, and in the owner's session among them (a
+ * colleague's session counts as none: whether it streams is not the caller's to learn). Counted
+ * under a lock on the organization's replies, held to the end of the transaction, so that two
+ * instances storing replies at once cannot both pass the cap; only transactions storing a reply take it.
  */
-async function countStreamingReplies(tx: Database, { organizationId, sessionId }: { organizationId: string; sessionId: string }) {
-  await tx.execute(sql`select pg_advisory_xact_lock(hashtextextended(${`replies:${organizationId}`}, 0))`);
+async function countStreamingReplies(tx: Database, { sessionId, ...owner }: SessionOwner & { sessionId: string }) {
+  await tx.execute(sql`select pg_advisory_xact_lock(hashtextextended(${`replies:${owner.organizationId}`}, 0))`);
   // A separate statement: in READ COMMITTED it sees what the previous holder of the lock committed.
   const [counts] = await tx
     .select({
       inOrganization: sql<number>`count(*)`.mapWith(Number),
-      inSession: sql<number>`count(*) filter (where ${chatMessages.sessionId} = ${sessionId})`.mapWith(Number),
+      inSession: sql<number>`count(*) filter (where ${ownedSession(owner, sessionId)})`.mapWith(Number),
     })
     .from(chatMessages)
     .innerJoin(chatSessions, eq(chatSessions.id, chatMessages.sessionId))
-    .where(and(eq(chatSessions.organizationId, organizationId), eq(chatMessages.status, 'streaming')));
+    .where(and(eq(chatSessions.organizationId, owner.organizationId), eq(chatMessages.status, 'streaming')));
   return counts ?? { inOrganization: 0, inSession: 0 };
 }
 

@@ -1,23 +1,16 @@
 import { and, desc, eq, gte, inArray, lt, sql } from 'drizzle-orm';
-import type { EventLog, ReplyFailure } from './chat-events.js';
-import { type SessionOwner, type StoredMessageRow, messageColumns, ownedSession, writeChats } from './chat.js';
+import type { ReplyFailure } from './chat-events.js';
+import {
+  type SessionOwner,
+  type StoredMessageRow,
+  type TokenUsage,
+  endReplies,
+  ownedSession,
+  streamingReply,
+  writeChats,
+} from './chat.js';
 import type { Database } from './database.js';
 import { chatMessages, chatSessions, replyUsage } from './schema.js';
-
-/** Tokens as the provider reported them; `undefined` where it reported none. */
-export interface TokenUsage {
-  inputTokens: number | undefined;
-  outputTokens: number | undefined;
-}
-
-/** The reply streaming in the owner's session (that reply only, when `messageId` is given). */
-const streamingReply = (owner: SessionOwner, { messageId, sessionId }: { messageId?: string; sessionId: string }) =>
-  and(
-    messageId === undefined ? undefined : eq(chatMessages.id, messageId),
-    eq(chatMessages.status, 'streaming'),
-    eq(chatMessages.sessionId, sessionId),
-    sql`exists (select from ${chatSessions} where ${ownedSession(owner, sessionId)})`,
-  );
 
 const leaseFromNow = (leaseMs: number) => sql`now() + ${leaseMs} * interval '1 millisecond'`;
 
@@ -58,10 +51,10 @@ export function finishReply(
 ): Promise<StoredMessageRow | undefined> {
   return writeChats(db, owner, async (tx, events) => {
     const [reply] = await endReplies(tx, events, owner, streamingReply(owner, { messageId, sessionId }), {
+      status: failure ? 'failed' : 'complete',
       text,
       usage,
       failure,
-      status: failure ? 'failed' : 'complete',
     });
     return reply;
   });
@@ -78,56 +71,9 @@ export async function stopReplyInSession(
   return writeChats(db, owner, async (tx, events) => {
     const [session] = await tx.select({ id: chatSessions.id }).from(chatSessions).where(ownedSession(owner, sessionId));
     if (!session) return undefined;
-    const [reply] = await endReplies(tx, events, owner, streamingReply(owner, { sessionId }), { text: '', usage: undefined, failure: undefined, status: 'stopped' });
+    const [reply] = await endReplies(tx, events, owner, streamingReply(owner, { sessionId }), { status: 'stopped' });
     return reply ?? null;
   });
-}
-
-/**
- * Sets the status of the owner's replies matching `where` (all still streaming), appends `text`,
- * stores their usage, and records how each ended. Returns the replies so ended.
- */
-async function endReplies(
-  tx: Database,
-  events: EventLog,
-  owner: SessionOwner,
-  where: ReturnType<typeof and>,
-  { text, usage, failure, status }: { text: string; usage: TokenUsage | undefined; failure: ReplyFailure | undefined; status: 'complete' | 'failed' | 'stopped' },
-): Promise<StoredMessageRow[]> {
-  const ended = await tx
-    .update(chatMessages)
-    .set({
-      status,
-      content: sql`${chatMessages.content} || ${text}`,
-      leaseExpiresAt: null,
-      inputTokens: usage?.inputTokens ?? null,
-      outputTokens: usage?.outputTokens ?? null,
-    })
-    .where(where)
-    .returning({ ...messageColumns, model: chatMessages.model });
-  if (ended.length === 0) return [];
-  await tx
-    .insert(replyUsage)
-    .values(
-      ended.map((reply) => ({
-        messageId: reply.id,
-        organizationId: owner.organizationId,
-        userId: owner.userId,
-        model: reply.model ?? 'unknown',
-        inputTokens: usage?.inputTokens ?? null,
-        outputTokens: usage?.outputTokens ?? null,
-      })),
-    )
-    .onConflictDoNothing();
-  const messages = ended.map(({ model: _model, ...message }) => message);
-  await events.record(
-    messages.flatMap((message) => [
-      // The deltas add up to the stored text.
-      ...(text ? [{ type: 'reply.delta' as const, messageId: message.id, sessionId: message.sessionId, text }] : []),
-      failure ? { type: 'reply.failed' as const, message, reason: failure } : { type: 'reply.completed' as const, message },
-    ]),
-  );
-  return messages;
 }
 
 /**
@@ -150,7 +96,7 @@ export async function failAbandonedReplies(db: Database, { limit = 100 } = {}) {
         events,
         owner,
         and(streamingReply(owner, { messageId: id, sessionId }), lt(chatMessages.leaseExpiresAt, sql`now()`)),
-        { text: '', usage: undefined, failure: 'interrupted', status: 'failed' },
+        { status: 'failed', failure: 'interrupted' },
       ),
     );
     if (message) failed.push({ owner, message });

@@ -62,7 +62,7 @@ export async function openServerDeps(config: Config, log: Logger, observers: Ser
       : undefined;
   if (assistant.mode === 'on') {
     const { model } = assistant;
-    log.info(model.kind === 'demo' ? { model: 'demo' } : { model: model.model, baseUrl: model.baseUrl }, 'Assistant replies on');
+    log.info(model.kind === 'demo' ? { model: 'demo' } : { model: model.model, baseUrl: withoutCredentials(model.baseUrl) }, 'Assistant replies on');
     if (model.kind === 'demo') log.warn('DEMO ASSISTANT: no LLM_BASE_URL is set, so replies come from a built-in demo responder, not a language model');
   }
   await replies?.start();
@@ -152,4 +152,12 @@ async function createConfiguredVerifier(
     cacheMaxBytes,
     onAccepted,
   });
+}
+
+/** A URL as it may be logged: any user name or password in it removed. */
+function withoutCredentials(url: string) {
+  const parsed = new URL(url);
+  parsed.username = '';
+  parsed.password = '';
+  return parsed.toString();
 }

@@ -2,9 +2,9 @@ import { setTimeout as delay } from 'node:timers/promises';
 import type { LanguageModelV3 } from '@ai-sdk/provider';
 import { streamText } from 'ai';
 import type { ReplyFailure } from '../db/chat-events.js';
-import type { ReplyToStore, SessionOwner, StoredMessageRow } from '../db/chat.js';
+import type { ReplyToStore, SessionOwner, StoredMessageRow, TokenUsage } from '../db/chat.js';
 import type { Database } from '../db/database.js';
-import { type TokenUsage, appendToReply, failAbandonedReplies, finishReply, getConversationForReply } from '../db/replies.js';
+import { appendToReply, failAbandonedReplies, finishReply, getConversationForReply } from '../db/replies.js';
 import type { Logger } from './logger.js';
 
 export interface ReplyRunnerOptions {
@@ -33,6 +33,7 @@ export const DEFAULT_REPLY_LEASE_MS = 30_000;
 /** Text received within this long of the last write goes into the database together. */
 const WRITE_EVERY_MS = 50;
 const WRITE_RETRY_MS = 1_000;
+const FINISH_ATTEMPTS = 3;
 
 /** Why this instance stopped a reply itself (the abort reason). */
 const aborted = {
@@ -56,6 +57,7 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
   const leaseMs = options.leaseMs ?? DEFAULT_REPLY_LEASE_MS;
   const running = new Map<string, { sessionId: string; controller: AbortController; done: Promise<void> }>();
   let places = 0;
+  let drained: (() => void) | undefined;
   let sweeper: NodeJS.Timeout | undefined;
   let sweeping: Promise<void> | undefined;
   let closed = false;
@@ -67,7 +69,9 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
     const startedAt = Date.now();
     /** Received and not yet stored. */
     let pending = '';
-    let lastWrite = Date.now();
+    let lastWrite = 0;
+    /** When a write last succeeded, renewing the lease. */
+    let lastStored = Date.now();
     let ended = false;
     let gone = false;
     let writing: Promise<void> | undefined;
@@ -79,20 +83,21 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
         // Once the stream has ended, `finishReply` stores the rest in the same write as the end.
         if (ended) return;
         const text = pending;
-        // With nothing to add, a write only renews the lease, a third of it after the last.
-        if (!text && Date.now() - lastWrite < leaseMs / 3) return;
+        // With nothing to add, a write only renews the lease: due a quarter of it after the last success.
+        if (!text && Date.now() - lastStored < leaseMs / 4) return;
         pending = '';
+        lastWrite = Date.now();
         try {
           if (!(await appendToReply(db, { ...ids, text, leaseMs }))) {
             gone = true;
             controller.abort(aborted.gone);
           }
+          lastStored = Date.now();
         } catch (error) {
           pending = text + pending;
           log.warn({ ...ids, err: error }, 'Could not store reply text; trying again');
           await delay(WRITE_RETRY_MS);
         }
-        lastWrite = Date.now();
         if (!pending) return;
       }
     }
@@ -102,7 +107,7 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
       });
     };
 
-    const renew = setInterval(store, leaseMs / 3);
+    const renew = setInterval(store, leaseMs / 4);
     let idle: NodeJS.Timeout | undefined;
     const waitForText = () => {
       clearTimeout(idle);
@@ -111,7 +116,15 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
     let usage: TokenUsage | undefined;
     let failure: ReplyFailure | undefined;
     try {
-      const conversation = await getConversationForReply(db, { ...ids, beforeSeq: reply.seq, ...options.context });
+      const conversation = await getConversationForReply(db, { ...ids, beforeSeq: reply.seq, ...options.context }).catch(
+        (error: unknown) => {
+          log.error({ ...ids, err: error }, 'Could not read the conversation for a reply');
+          controller.abort(aborted.shutdown);
+          throw error;
+        },
+      );
+      // Started after a shutdown began (a message stored while the server was closing): ends at once.
+      if (controller.signal.aborted) throw controller.signal.reason;
       waitForText();
       const result = streamText({
         model: options.model,
@@ -153,16 +166,25 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
     }
     await writing;
     if (gone) {
-      log.info({ ...ids }, 'Reply ended elsewhere (stopped, or its session deleted)');
+      log.info(ids, 'Reply ended elsewhere (stopped, or its session deleted)');
       return;
     }
-    try {
-      const message = await finishReply(db, { ...ids, text: pending, usage, failure });
-      if (message && !failure) {
-        log.info({ ...ids, model: options.modelName, ...usage, durationMs: Date.now() - startedAt }, 'Reply completed');
+    // The end is worth a few tries: without it a complete reply would be failed once its lease passes.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const message = await finishReply(db, { ...ids, text: pending, usage, failure });
+        if (message && !failure) {
+          log.info({ ...ids, model: options.modelName, ...usage, durationMs: Date.now() - startedAt }, 'Reply completed');
+        }
+        return;
+      } catch (error) {
+        if (attempt === FINISH_ATTEMPTS) {
+          log.error({ ...ids, err: error }, 'Could not store the end of a reply; it is marked failed once its lease passes');
+          return;
+        }
+        log.warn({ ...ids, err: error }, 'Could not store the end of a reply; trying again');
+        await delay(WRITE_RETRY_MS * attempt);
       }
-    } catch (error) {
-      log.error({ ...ids, err: error }, 'Could not store the end of a reply; it is marked failed once its lease passes');
     }
   }
 
@@ -191,11 +213,14 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
         if (released) return;
         released = true;
         places -= 1;
+        if (places === 0) drained?.();
       };
     },
     /** Writes the reply stored by `addMessageToSession`, in the background. */
     run(owner: SessionOwner, reply: StoredMessageRow, release: () => void) {
       const controller = new AbortController();
+      // Its message was stored while the server was closing: the reply ends at once, as interrupted.
+      if (closed) controller.abort(aborted.shutdown);
       const done = write(owner, reply, controller)
         .catch((error: unknown) => log.error({ ...owner, messageId: reply.id, err: error }, 'Reply writer failed'))
         .finally(() => {
@@ -204,8 +229,12 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
         });
       running.set(reply.id, { sessionId: reply.sessionId, controller, done });
     },
-    /** Stops writing the session's reply here, after it was stopped or deleted in the database. */
-    cancel(sessionId: string) {
+    /** Stops writing this reply here, after it was stopped in the database. */
+    cancel(messageId: string) {
+      running.get(messageId)?.controller.abort(aborted.gone);
+    },
+    /** Stops writing the replies of a session deleted in the database. */
+    cancelSession(sessionId: string) {
       for (const reply of running.values()) if (reply.sessionId === sessionId) reply.controller.abort(aborted.gone);
     },
     /** Marks failed, now and every third of a lease, the replies of instances that stopped. */
@@ -218,12 +247,15 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
       }, leaseMs / 3);
       sweeper.unref();
     },
-    /** Ends the replies being written here as failed (`interrupted`), keeping their text. */
+    /**
+     * Ends the replies being written here as failed (`interrupted`), keeping their text, and those
+     * whose messages are still being stored; resolves once every place is given back.
+     */
     async close() {
       closed = true;
       clearInterval(sweeper);
       for (const reply of running.values()) reply.controller.abort(aborted.shutdown);
-      await Promise.all([...running.values()].map((reply) => reply.done));
+      if (places > 0) await new Promise<void>((resolve) => (drained = resolve));
       await sweeping;
     },
     /** Whether `close` has been called: no more replies start here. */
@@ -239,9 +271,20 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
 
 export type ReplyRunner = ReturnType<typeof createReplyRunner>;
 
-/** What the log keeps of a provider's error: its kind, status and message, not the request (the conversation). */
+/**
+ * What the log keeps of a provider's error: its kind, HTTP status and the provider's own error
+ * type and code. Not its message, nor the response or request: those can quote the conversation
+ * (a malformed chunk, a validation error echoing the input) or part of the key.
+ */
 function describeProviderError(error: unknown) {
-  if (!(error instanceof Error)) return { message: String(error).slice(0, 300) };
-  const { statusCode } = error as { statusCode?: number };
-  return { name: error.name, statusCode, message: error.message.slice(0, 300) };
+  if (!(error instanceof Error)) return { name: typeof error };
+  const { statusCode, data, cause } = error as { statusCode?: number; data?: unknown; cause?: unknown };
+  const detail = (data as { error?: { type?: unknown; code?: unknown } } | undefined)?.error;
+  return {
+    name: error.name,
+    statusCode,
+    type: typeof detail?.type === 'string' ? detail.type : undefined,
+    code: typeof detail?.code === 'string' || typeof detail?.code === 'number' ? detail.code : undefined,
+    cause: cause instanceof Error ? ((cause as NodeJS.ErrnoException).code ?? cause.name) : undefined,
+  };
 }

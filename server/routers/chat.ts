@@ -134,7 +134,7 @@ export const chatRouter = router({
       const owner = ownerOf(ctx);
       if (!(await deleteSessionById(ctx.db, { ...owner, id: input.sessionId }))) sessionNotFound();
       // Its reply went with it; stop asking the provider for more.
-      ctx.replies?.cancel(input.sessionId);
+      ctx.replies?.cancelSession(input.sessionId);
       ctx.log.info({ ...owner, sessionId: input.sessionId }, 'Deleted session');
       return { sessionId: input.sessionId };
     }),
@@ -202,7 +202,7 @@ export const chatRouter = router({
       if (stopped === undefined) sessionNotFound();
       if (stopped === null) return null;
       // Written here: stop asking the provider now. Written elsewhere: that instance stops at its next write.
-      ctx.replies?.cancel(input.sessionId);
+      ctx.replies?.cancel(stopped.id);
       ctx.log.info({ ...owner, sessionId: input.sessionId, messageId: stopped.id }, 'Reply stopped');
       return withoutSeq(stopped);
     }),

@@ -3,7 +3,13 @@ import { getMembersByOrganizationId } from '../../db/members.js';
 import { getUsageByOrganization } from '../../db/replies.js';
 import { adminProcedure, router } from '../trpc.js';
 
-const usageCursor = z.object({ month: z.string(), userId: z.string() });
+/** Where a page of usage ends, and the period it is of (a default `to` is the time of the first page). */
+const usageCursor = z.object({
+  month: z.string(),
+  userId: z.string(),
+  from: z.iso.datetime().transform((value) => new Date(value)),
+  to: z.iso.datetime().transform((value) => new Date(value)),
+});
 
 /** The first instant of the UTC month `months` months after the one `date` is in. */
 const monthStart = (date: Date, months = 0) => new Date(Date.UTC(date.getUTCFullYear(), date.getUTCMonth() + months, 1));
@@ -37,7 +43,8 @@ export const orgRouter = router({
   /**
    * The assistant's replies and the tokens they used in the current organization, per month (UTC,
    * `YYYY-MM`) and per user, months in order: from `from` (default: the start of the month eleven
-   * months ago) to `to` (default: now), `to` excluded. Admins only. A reply counts in the month it ended.
+   * months ago) to `to` (default: now), `to` excluded; `nextCursor` pages on through that same
+   * period. Admins only. A reply counts in the month it ended.
    */
   usage: adminProcedure
     .meta({ heavy: true })
@@ -53,17 +60,18 @@ export const orgRouter = router({
         .default({ limit: 100 }),
     )
     .query(async ({ ctx, input }) => {
-      const to = input.to ?? new Date();
-      const from = input.from ?? monthStart(to, -11);
-      const scope = `org.usage:${ctx.organization.id}:${from.toISOString()}:${to.toISOString()}`;
+      const scope = `org.usage:${ctx.organization.id}`;
       const after = input.cursor ? ctx.cursors.decode(scope, usageCursor, input.cursor) : undefined;
+      // A cursor pages on through the period of the first page.
+      const to = after?.to ?? input.to ?? new Date();
+      const from = after?.from ?? input.from ?? monthStart(to, -11);
       const { usage, hasMore } = await getUsageByOrganization(ctx.db, { organizationId: ctx.organization.id, from, to, limit: input.limit, after });
       const last = usage.at(-1);
       return {
         from,
         to,
         items: usage,
-        nextCursor: hasMore && last ? ctx.cursors.encode(scope, { month: last.month, userId: last.userId }) : null,
+        nextCursor: hasMore && last ? ctx.cursors.encode(scope, { month: last.month, userId: last.userId, from, to }) : null,
       };
     }),
 });

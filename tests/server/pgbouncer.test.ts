@@ -7,6 +7,7 @@ import { createDatabase } from '../../db/throwaway-database.js';
 import { clientError } from '../support/errors.js';
 import { type PgBouncer, findPgBouncer, startPgBouncer } from '../support/pgbouncer.js';
 import { watchEvents } from '../support/events.js';
+import { startLanguageModelServer } from '../support/language-model-server.js';
 import { type TestApp, startHttpServer, startTestApp } from '../support/test-app.js';
 
 const databaseUrl = inject('databaseUrl');
@@ -166,6 +167,39 @@ describe.skipIf(skipped !== '')(`behind PgBouncer in transaction mode${skipped}`
     const [listener] = await direct`select count(*)::int as n from pg_stat_activity
       where application_name = 'frontegg-trpc-chat listener' and datname = current_database() and client_port is not null`;
     expect(listener?.n).toBe(1);
+  });
+
+  it('streams an assistant reply through the pooler, and holds the per-organization cap there (its lock is per transaction)', async () => {
+    const llm = await startLanguageModelServer();
+    const withAssistant = await startTestApp({ alongside: app, assistant: { baseUrl: llm.baseUrl, maxRepliesPerOrganization: 1 } });
+    const server = await startHttpServer(withAssistant);
+    try {
+      const tenantId = randomUUID();
+      const [ada, grace] = await Promise.all(
+        [0, 1].map(async () => server.clientFor(await app.idp.mintToken({ claims: { sub: randomUUID(), tenantId } }))),
+      );
+      const events = watchEvents(ada!);
+      await events.connected();
+      const session = await ada!.chat.getActiveSession.query();
+      const provider = llm.nextReply();
+      const { reply } = await ada!.chat.sendMessage.mutate({ sessionId: session.id, content: 'via PgBouncer' });
+      await provider.request;
+      const graceSession = await grace!.chat.getActiveSession.query();
+      const refused = await clientError(grace!.chat.sendMessage.mutate({ sessionId: graceSession.id, content: 'me too' }));
+      expect(refused.data?.code).toBe('TOO_MANY_REQUESTS');
+      provider.text('Pooled ');
+      provider.text('answer.');
+      provider.finish({ usage: { input: 4, output: 2 } });
+      await events.until(() => expect(events.types()).toContain('reply.completed'));
+      expect(events.received.find((event) => event.data.type === 'reply.completed')?.data).toMatchObject({
+        message: { id: reply!.id, content: 'Pooled answer.', status: 'complete' },
+      });
+      events.close();
+    } finally {
+      await server.close();
+      await withAssistant.close();
+      await llm.close();
+    }
   });
 
   it('answers statements with and without parameters sent at once on a small pool', async () => {

@@ -443,10 +443,11 @@ async function countStreamingReplies(tx: Database, { sessionId, ...owner }: Sess
 export const MESSAGE_PAGE_MAX_BYTES = 1024 * 1024;
 
 /**
- * The newest `limit` messages of an owner's session older than `beforeSeq`, oldest first, stopping
- * early where their text would pass `maxBytes` (a page has at least one message). `hasMore` tells
- * whether older messages remain. The budget is applied in the SQL, so text beyond it never leaves
- * the database. An empty page does not tell whether the session exists: ask `getSessionById`.
+ * The newest `limit` messages of an owner's session older than `beforeSeq` (of those matching
+ * `only`, when given), oldest first, stopping early where their text would pass `maxBytes`, or
+ * `maxCharacters` when given (a page has at least one message). `hasMore` tells whether older
+ * messages remain. The budget is applied in the SQL, so text beyond it never leaves the database.
+ * An empty page does not tell whether the session exists: ask `getSessionById`.
  */
 export async function getMessagesBySessionId(
   db: Database,
@@ -455,15 +456,26 @@ export async function getMessagesBySessionId(
     limit,
     beforeSeq,
     maxBytes = MESSAGE_PAGE_MAX_BYTES,
+    maxCharacters,
+    only,
     ...owner
-  }: SessionOwner & { sessionId: string; limit: number; beforeSeq?: number | undefined; maxBytes?: number },
+  }: SessionOwner & {
+    sessionId: string;
+    limit: number;
+    beforeSeq?: number | undefined;
+    maxBytes?: number;
+    maxCharacters?: number;
+    only?: SQL | undefined;
+  },
 ) {
+  const size = maxCharacters === undefined ? sql`octet_length(${chatMessages.content})` : sql`char_length(${chatMessages.content})`;
+  const maxSize = maxCharacters ?? maxBytes;
   const newest = db.$with('newest').as(
     db
       .select({
         id: chatMessages.id,
         seq: chatMessages.seq,
-        bytes: sql<number>`octet_length(${chatMessages.content})`.as('bytes'),
+        size: sql<number>`${size}`.as('size'),
       })
       .from(chatMessages)
       .innerJoin(chatSessions, eq(chatSessions.id, chatMessages.sessionId))
@@ -472,19 +484,20 @@ export async function getMessagesBySessionId(
           eq(chatMessages.sessionId, sessionId),
           ownedSession(owner, sessionId),
           beforeSeq === undefined ? undefined : sql`${chatMessages.seq} < ${beforeSeq}`,
+          only,
         ),
       )
       .orderBy(desc(chatMessages.seq))
       .limit(limit + 1),
   );
-  // For each of them, newest first: its place, the bytes up to and including it, and how many
+  // For each of them, newest first: its place, the text up to and including it, and how many
   // there are in all.
   const measured = db.$with('measured').as(
     db
       .select({
         id: newest.id,
         place: sql<number>`row_number() over (order by ${newest.seq} desc)`.as('place'),
-        bytesSoFar: sql<number>`sum(${newest.bytes}) over (order by ${newest.seq} desc)`.as('bytes_so_far'),
+        sizeSoFar: sql<number>`sum(${newest.size}) over (order by ${newest.seq} desc)`.as('size_so_far'),
         found: sql<number>`count(*) over ()`.mapWith(Number).as('found'),
       })
       .from(newest),
@@ -494,7 +507,7 @@ export async function getMessagesBySessionId(
     .select({ ...messageColumns, found: measured.found })
     .from(measured)
     .innerJoin(chatMessages, eq(chatMessages.id, measured.id))
-    .where(sql`${measured.place} = 1 or ${measured.bytesSoFar} <= ${maxBytes}`)
+    .where(sql`${measured.place} = 1 or ${measured.sizeSoFar} <= ${maxSize}`)
     .orderBy(desc(chatMessages.seq))
     .limit(limit);
   const found = rows[0]?.found ?? 0;

@@ -1,10 +1,11 @@
-import { and, desc, eq, gte, inArray, lt, sql } from 'drizzle-orm';
+import { and, eq, gte, inArray, lt, sql } from 'drizzle-orm';
 import type { ReplyFailure } from './chat-events.js';
 import {
   type SessionOwner,
   type StoredMessageRow,
   type TokenUsage,
   endReplies,
+  getMessagesBySessionId,
   ownedSession,
   streamingReply,
   writeChats,
@@ -119,39 +120,19 @@ export async function getConversationForReply(
     ...owner
   }: SessionOwner & { sessionId: string; beforeSeq: number; maxMessages: number; maxCharacters: number },
 ) {
-  const newest = db.$with('newest').as(
-    db
-      .select({
-        role: chatMessages.role,
-        content: chatMessages.content,
-        seq: chatMessages.seq,
-        charactersSoFar: sql<number>`sum(char_length(${chatMessages.content})) over (order by ${chatMessages.seq} desc)`.as(
-          'characters_so_far',
-        ),
-        place: sql<number>`row_number() over (order by ${chatMessages.seq} desc)`.as('place'),
-      })
-      .from(chatMessages)
-      .innerJoin(chatSessions, eq(chatSessions.id, chatMessages.sessionId))
-      .where(
-        and(
-          eq(chatMessages.sessionId, sessionId),
-          ownedSession(owner, sessionId),
-          lt(chatMessages.seq, beforeSeq),
-          inArray(chatMessages.role, ['user', 'assistant']),
-          inArray(chatMessages.status, ['complete', 'stopped']),
-          sql`${chatMessages.content} <> ''`,
-        ),
-      )
-      .orderBy(desc(chatMessages.seq))
-      .limit(maxMessages),
-  );
-  const rows = await db
-    .with(newest)
-    .select({ role: newest.role, content: newest.content })
-    .from(newest)
-    .where(sql`${newest.place} = 1 or ${newest.charactersSoFar} <= ${maxCharacters}`)
-    .orderBy(newest.seq);
-  return rows as { role: 'user' | 'assistant'; content: string }[];
+  const { messages } = await getMessagesBySessionId(db, {
+    ...owner,
+    sessionId,
+    beforeSeq,
+    limit: maxMessages,
+    maxCharacters,
+    only: and(
+      inArray(chatMessages.role, ['user', 'assistant']),
+      inArray(chatMessages.status, ['complete', 'stopped']),
+      sql`${chatMessages.content} <> ''`,
+    ),
+  });
+  return messages.map(({ role, content }) => ({ role: role as 'user' | 'assistant', content }));
 }
 
 /**

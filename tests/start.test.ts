@@ -27,6 +27,7 @@ const newcomerEnv = (extra: Record<string, string> = {}) =>
   });
 
 describe('the README start path', () => {
+  // Three processes start (server, token, demo), and the demo waits for four streamed replies: 90 s.
   it('`npm start` serves /healthz, a token from `npm run token` gets a `me` answer, and `npm run demo` runs', async () => {
     // Its own process group, so the signal reaches npm and the server as Ctrl-C would.
     const child = spawn('npm', ['start'], { cwd: projectRoot, env: newcomerEnv(), detached: true });
@@ -59,7 +60,7 @@ describe('the README start path', () => {
     } finally {
       await interrupt(child);
     }
-  });
+  }, 90_000);
 
   it.each(['SIGTERM', 'SIGINT'] as const)(
     'on %s stops accepting connections, answers the request in flight, ends event streams with 503, and exits 0',

@@ -137,7 +137,8 @@ export async function getConversationForReply(
 
 /**
  * The organization's replies and tokens from `from` (inclusive) to `to` (exclusive), per calendar
- * month (UTC) and per user, in that order, `limit` rows at a time after `after`.
+ * month (UTC), per user and per model (models are priced apart), in that order, `limit` rows at a
+ * time after `after`.
  */
 export async function getUsageByOrganization(
   db: Database,
@@ -147,22 +148,23 @@ export async function getUsageByOrganization(
     to,
     limit,
     after,
-  }: { organizationId: string; from: Date; to: Date; limit: number; after?: { month: string; userId: string } | undefined },
+  }: { organizationId: string; from: Date; to: Date; limit: number; after?: { month: string; userId: string; model: string } | undefined },
 ) {
   const month = sql<string>`to_char(date_trunc('month', ${replyUsage.createdAt} at time zone 'UTC'), 'YYYY-MM')`;
   const rows = await db
     .select({
       month,
       userId: replyUsage.userId,
+      model: replyUsage.model,
       replies: sql<number>`count(*)`.mapWith(Number),
       inputTokens: sql<number>`coalesce(sum(${replyUsage.inputTokens}), 0)`.mapWith(Number),
       outputTokens: sql<number>`coalesce(sum(${replyUsage.outputTokens}), 0)`.mapWith(Number),
     })
     .from(replyUsage)
     .where(and(eq(replyUsage.organizationId, organizationId), gte(replyUsage.createdAt, from), lt(replyUsage.createdAt, to)))
-    .groupBy(month, replyUsage.userId)
-    .having(after && sql`(${month}, ${replyUsage.userId}) > (${after.month}, ${after.userId})`)
-    .orderBy(month, replyUsage.userId)
+    .groupBy(month, replyUsage.userId, replyUsage.model)
+    .having(after && sql`(${month}, ${replyUsage.userId}, ${replyUsage.model}) > (${after.month}, ${after.userId}, ${after.model})`)
+    .orderBy(month, replyUsage.userId, replyUsage.model)
     .limit(limit + 1);
   return { usage: rows.slice(0, limit), hasMore: rows.length > limit };
 }

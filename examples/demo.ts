@@ -98,6 +98,7 @@ const secondTab = await signIn('ada@example.com', 'Ada Lovelace', ['Admin']);
 // What the second tab hears, for the checks below: the questions, and how each reply ended.
 const arrived: string[] = [];
 const deltas = new Map<string, string>();
+const deltaCounts = new Map<string, number>();
 const endings = new Map<string, { status: string; content: string }>();
 const sentAt = new Map<string, number>();
 const since = (content: string) => `${(performance.now() - (sentAt.get(content) ?? Number.NaN)).toFixed(1)} ms after sending`;
@@ -122,12 +123,16 @@ const tab = secondTab.chat.events.subscribe(undefined, {
       case 'reply.delta':
         if (!deltas.has(data.messageId)) process.stdout.write(`     tab 2 ← reply.delta…: `);
         deltas.set(data.messageId, (deltas.get(data.messageId) ?? '') + data.text);
+        deltaCounts.set(data.messageId, (deltaCounts.get(data.messageId) ?? 0) + 1);
         process.stdout.write(data.text);
         break;
       case 'reply.completed':
       case 'reply.failed':
         if (deltas.has(data.message.id)) say();
-        say(`     tab 2 ← #${id} ${data.type}: ${data.message.status}, ${data.message.content.length} characters (${since(asking)})`);
+        say(
+          `     tab 2 ← #${id} ${data.type}: ${data.message.status}, ${data.message.content.length} characters ` +
+            `in ${deltaCounts.get(data.message.id) ?? 0} reply.delta events (${since(asking)})`,
+        );
         endings.set(data.message.id, data.message);
         break;
     }

@@ -1,6 +1,6 @@
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
-import { openDatabase } from '../db/database.js';
+import { type Database, openDatabase } from '../db/database.js';
 import { type AccessTokenVerifier, type AccessTokenVerifierOptions, createAccessTokenVerifier } from './auth/access-token.js';
 import { createRemoteKeySet } from './auth/key-set.js';
 import { LOCAL_AUDIENCE, LOCAL_ISSUER, createLocalKeySet, loadOrCreateLocalSigningKey } from './auth/local-identity.js';
@@ -12,7 +12,7 @@ import { createInFlightLimit } from './in-flight-limit.js';
 import { createMemberCache } from './member-cache.js';
 import { createChatEventHub } from './chat-events.js';
 import { createLanguageModel, modelNameOf } from './language-model.js';
-import { createReplyRunner } from './replies.js';
+import { type ReplyRunner, createReplyRunner } from './replies.js';
 
 /** How often event streams check the membership when the member cache is off (`MEMBER_CACHE_TTL_SECONDS=0`). */
 const DEFAULT_MEMBERSHIP_CHECK_MS = 5_000;
@@ -49,22 +49,7 @@ export async function openServerDeps(config: Config, log: Logger, observers: Ser
     membershipCheckMs: config.memberCache.ttlMs || DEFAULT_MEMBERSHIP_CHECK_MS,
   });
   await chatEvents.start();
-  const { assistant } = config;
-  const replies =
-    assistant.mode === 'on'
-      ? createReplyRunner({
-          ...assistant,
-          db: database.db,
-          log,
-          model: createLanguageModel(assistant.model),
-          modelName: modelNameOf(assistant.model),
-        })
-      : undefined;
-  if (assistant.mode === 'on') {
-    const { model } = assistant;
-    log.info(model.kind === 'demo' ? { model: 'demo' } : { model: model.model, baseUrl: withoutCredentials(model.baseUrl) }, 'Assistant replies on');
-    if (model.kind === 'demo') log.warn('DEMO ASSISTANT: no LLM_BASE_URL is set, so replies come from a built-in demo responder, not a language model');
-  }
+  const replies = createConfiguredReplies(config.assistant, database.db, log);
   await replies?.start();
   const deps: HttpServerDeps = {
     db: database.db,
@@ -116,6 +101,25 @@ export async function startServer(config: Config, log: Logger, observers: Server
       await database.close();
     },
   };
+}
+
+/** The reply runner `assistant` asks for, or none; says in the log what replies come from. */
+function createConfiguredReplies(assistant: Config['assistant'], db: Database, log: Logger): ReplyRunner | undefined {
+  if (assistant.mode === 'off') {
+    log.info('Assistant replies off (ASSISTANT_REPLIES=off): the LLM_* settings are not used');
+    return undefined;
+  }
+  const { model } = assistant;
+  if (model.kind === 'demo') {
+    log.warn('DEMO ASSISTANT: no LLM_BASE_URL is set, so replies come from a built-in demo responder, not a language model');
+  } else {
+    const baseUrl = withoutCredentials(model.baseUrl);
+    if (/\/chat\/completions\/?$/.test(baseUrl)) {
+      log.warn({ baseUrl }, 'LLM_BASE_URL ends at /chat/completions: set it to the part before (…/v1); the path is added to it');
+    }
+    log.info({ model: model.model, baseUrl }, 'Assistant replies on');
+  }
+  return createReplyRunner({ ...assistant, db, log, model: createLanguageModel(model), modelName: modelNameOf(model) });
 }
 
 async function createConfiguredVerifier(

@@ -272,19 +272,31 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
 export type ReplyRunner = ReturnType<typeof createReplyRunner>;
 
 /**
- * What the log keeps of a provider's error: its kind, HTTP status and the provider's own error
- * type and code. Not its message, nor the response or request: those can quote the conversation
- * (a malformed chunk, a validation error echoing the input) or part of the key.
+ * What the log keeps of a provider's error: its kind, the URL called, the HTTP status and the
+ * provider's own error type and code, with a hint at the setting to check. Not its message, nor
+ * the response or request: those can quote the conversation (a malformed chunk, a validation error
+ * echoing the input) or part of the key.
  */
 function describeProviderError(error: unknown) {
   if (!(error instanceof Error)) return { name: typeof error };
-  const { statusCode, data, cause } = error as { statusCode?: number; data?: unknown; cause?: unknown };
+  const { statusCode, data, cause, url } = error as { statusCode?: number; data?: unknown; cause?: unknown; url?: unknown };
   const detail = (data as { error?: { type?: unknown; code?: unknown } } | undefined)?.error;
+  const causeCode = cause instanceof Error ? ((cause as NodeJS.ErrnoException).code ?? cause.name) : undefined;
   return {
     name: error.name,
+    url: typeof url === 'string' ? url : undefined,
     statusCode,
     type: typeof detail?.type === 'string' ? detail.type : undefined,
     code: typeof detail?.code === 'string' || typeof detail?.code === 'number' ? detail.code : undefined,
-    cause: cause instanceof Error ? ((cause as NodeJS.ErrnoException).code ?? cause.name) : undefined,
+    cause: causeCode,
+    hint: hintFor(statusCode, causeCode),
   };
+}
+
+function hintFor(statusCode: number | undefined, causeCode: string | undefined) {
+  if (statusCode === 401 || statusCode === 403) return 'check LLM_API_KEY';
+  if (statusCode === 404) return 'check LLM_BASE_URL (it ends at /v1, not at /chat/completions) and LLM_MODEL';
+  if (statusCode === 429) return 'the provider is rate-limiting this key';
+  if (statusCode === undefined && causeCode) return 'check that LLM_BASE_URL is reachable from this server';
+  return undefined;
 }

@@ -7,6 +7,7 @@ import { adminProcedure, router } from '../trpc.js';
 const usageCursor = z.object({
   month: z.string(),
   userId: z.string(),
+  model: z.string(),
   from: z.iso.datetime().transform((value) => new Date(value)),
   to: z.iso.datetime().transform((value) => new Date(value)),
 });
@@ -42,7 +43,7 @@ export const orgRouter = router({
 
   /**
    * The assistant's replies and the tokens they used in the current organization, per month (UTC,
-   * `YYYY-MM`) and per user, months in order: from `from` (default: the start of the month eleven
+   * `YYYY-MM`), per user and per model, months in order: from `from` (default: the start of the month eleven
    * months ago) to `to` (default: now), `to` excluded; `nextCursor` pages on through that same
    * period. Admins only. A reply counts in the month it ended.
    */
@@ -71,7 +72,7 @@ export const orgRouter = router({
         from,
         to,
         items: usage,
-        nextCursor: hasMore && last ? ctx.cursors.encode(scope, { month: last.month, userId: last.userId, from, to }) : null,
+        nextCursor: hasMore && last ? ctx.cursors.encode(scope, { month: last.month, userId: last.userId, model: last.model, from, to }) : null,
       };
     }),
 });

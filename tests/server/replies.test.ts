@@ -99,7 +99,7 @@ describe('assistant replies through the typed client, against an OpenAI-compatib
     expect(stored).toEqual({ model: MODEL, inputTokens: 21, outputTokens: 7 });
     const usage = await client.org.usage.query();
     const month = new Date().toISOString().slice(0, 7);
-    expect(usage.items).toEqual([{ month, userId: sub, replies: 1, inputTokens: 21, outputTokens: 7 }]);
+    expect(usage.items).toEqual([{ month, userId: sub, model: MODEL, replies: 1, inputTokens: 21, outputTokens: 7 }]);
     expect(usage.to.getTime()).toBeLessThanOrEqual(Date.now());
     events.close();
   });
@@ -571,13 +571,16 @@ describe('without a language model, and without an assistant', () => {
 
 describe('org.usage', () => {
   /** Usage rows as replies that ended at `at` leave them. */
-  async function used(organizationId: string, rows: { userId: string; at: string; input: number | null; output: number | null }[]) {
+  async function used(
+    organizationId: string,
+    rows: { userId: string; at: string; input: number | null; output: number | null; model?: string }[],
+  ) {
     await app.db.insert(replyUsage).values(
-      rows.map(({ userId, at, input, output }) => ({
+      rows.map(({ userId, at, input, output, model = MODEL }) => ({
         messageId: randomUUID(),
         organizationId,
         userId,
-        model: MODEL,
+        model,
         inputTokens: input,
         outputTokens: output,
         createdAt: new Date(at),
@@ -593,6 +596,7 @@ describe('org.usage', () => {
       { userId: 'u-1', at: '2026-01-31T23:59:59.999Z', input: 10, output: 5 },
       { userId: 'u-1', at: '2026-01-01T00:00:00.000Z', input: 1, output: 2 },
       { userId: 'u-2', at: '2026-01-15T12:00:00.000Z', input: 7, output: null },
+      { userId: 'u-1', at: '2026-01-20T00:00:00.000Z', input: 4, output: 4, model: 'other-model' },
       { userId: 'u-1', at: '2026-02-01T00:00:00.000Z', input: 100, output: 50 },
       { userId: 'u-1', at: '2026-03-01T00:00:00.000Z', input: 1000, output: 500 },
     ]);
@@ -600,9 +604,10 @@ describe('org.usage', () => {
 
     const usage = await admin.client.org.usage.query({ from: new Date('2026-01-01T00:00:00Z'), to: new Date('2026-03-01T00:00:00Z') });
     expect(usage.items).toEqual([
-      { month: '2026-01', userId: 'u-1', replies: 2, inputTokens: 11, outputTokens: 7 },
-      { month: '2026-01', userId: 'u-2', replies: 1, inputTokens: 7, outputTokens: 0 },
-      { month: '2026-02', userId: 'u-1', replies: 1, inputTokens: 100, outputTokens: 50 },
+      { month: '2026-01', userId: 'u-1', model: 'other-model', replies: 1, inputTokens: 4, outputTokens: 4 },
+      { month: '2026-01', userId: 'u-1', model: MODEL, replies: 2, inputTokens: 11, outputTokens: 7 },
+      { month: '2026-01', userId: 'u-2', model: MODEL, replies: 1, inputTokens: 7, outputTokens: 0 },
+      { month: '2026-02', userId: 'u-1', model: MODEL, replies: 1, inputTokens: 100, outputTokens: 50 },
     ]);
     expect(usage.nextCursor).toBeNull();
 
@@ -645,7 +650,9 @@ describe('org.usage', () => {
     await client.chat.deleteSession.mutate({ sessionId: session.id });
     await provider.closed;
     const usage = await client.org.usage.query();
-    expect(usage.items).toEqual([{ month: new Date().toISOString().slice(0, 7), userId: sub, replies: 1, inputTokens: 0, outputTokens: 0 }]);
+    expect(usage.items).toEqual([
+      { month: new Date().toISOString().slice(0, 7), userId: sub, model: MODEL, replies: 1, inputTokens: 0, outputTokens: 0 },
+    ]);
   });
 
   it('logs carry ids, never the text of a message or a reply', async () => {

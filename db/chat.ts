@@ -337,6 +337,8 @@ export interface ReplyToStore {
   leaseMs: number;
   /** Replies streaming at once in the organization, across instances; one more is refused. */
   maxPerOrganization: number;
+  /** Replies one person streams at once in the organization, across instances. */
+  maxPerPerson: number;
 }
 
 export type AddMessageResult =
@@ -345,7 +347,9 @@ export type AddMessageResult =
   /** A reply in this session is still streaming. */
   | { status: 'reply_streaming' }
   /** The organization has `maxPerOrganization` replies streaming. */
-  | { status: 'organization_busy' };
+  | { status: 'organization_busy' }
+  /** The person has `maxPerPerson` replies streaming in the organization. */
+  | { status: 'person_busy' };
 
 /**
  * Stores a message and bumps the session's `updated_at` in one transaction, with the assistant's
@@ -372,6 +376,7 @@ export async function addMessageToSession(
       if (reply) {
         const streaming = await countStreamingReplies(tx, { ...owner, sessionId });
         if (streaming.inSession > 0) return { status: 'reply_streaming' };
+        if (streaming.ofPerson >= reply.maxPerPerson) return { status: 'person_busy' };
         if (streaming.inOrganization >= reply.maxPerOrganization) return { status: 'organization_busy' };
       }
       const [session] = await tx
@@ -420,7 +425,7 @@ export async function addMessageToSession(
 }
 
 /**
- * The replies streaming in the owner's organization, and in the owner's session among them (a
+ * The replies streaming in the owner's organization, the owner's among them, and in the owner's session (a
  * colleague's session counts as none: whether it streams is not the caller's to learn). Counted
  * under a lock on the organization's replies, held to the end of the transaction, so that two
  * instances storing replies at once cannot both pass the cap; only transactions storing a reply take it.
@@ -432,11 +437,12 @@ async function countStreamingReplies(tx: Database, { sessionId, ...owner }: Sess
     .select({
       inOrganization: sql<number>`count(*)`.mapWith(Number),
       inSession: sql<number>`count(*) filter (where ${ownedSession(owner, sessionId)})`.mapWith(Number),
+      ofPerson: sql<number>`count(*) filter (where ${chatSessions.userId} = ${owner.userId})`.mapWith(Number),
     })
     .from(chatMessages)
     .innerJoin(chatSessions, eq(chatSessions.id, chatMessages.sessionId))
     .where(and(eq(chatSessions.organizationId, owner.organizationId), eq(chatMessages.status, 'streaming')));
-  return counts ?? { inOrganization: 0, inSession: 0 };
+  return counts ?? { inOrganization: 0, inSession: 0, ofPerson: 0 };
 }
 
 /** At most this much message text (UTF-8 bytes) in one page, whatever `limit` allows. */

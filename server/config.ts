@@ -29,7 +29,7 @@ const postgresUrl = z.url({ protocol: /^postgres(ql)?$/, error: 'must be a postg
 
 export const DEFAULT_IDLE_TIMEOUT_MS = 30_000;
 export const DEFAULT_SYSTEM_PROMPT = 'You are a helpful assistant. Answer clearly and concisely.';
-export const DEFAULT_LLM_TIMEOUT_MS = 30_000;
+const DEFAULT_LLM_TIMEOUT_MS = 30_000;
 export const DEFAULT_MAX_CONNECTIONS = 10_000;
 
 const envSchema = z.object({
@@ -80,6 +80,9 @@ const envSchema = z.object({
   LLM_TIMEOUT_MS: wholeNumber(DEFAULT_LLM_TIMEOUT_MS, 1_000, 600_000),
   LLM_MAX_CONCURRENT_REPLIES: wholeNumber(50, 1, 100_000),
   LLM_MAX_REPLIES_PER_ORGANIZATION: wholeNumber(20, 1, 100_000),
+  LLM_MAX_REPLIES_PER_PERSON: wholeNumber(3, 1, 1_000),
+  LLM_MAX_OUTPUT_TOKENS: wholeNumber(4_096, 16, 1_000_000),
+  LLM_MAX_REPLY_SECONDS: wholeNumber(300, 10, 3_600),
   LLM_CONTEXT_MAX_MESSAGES: wholeNumber(20, 1, 1_000),
   LLM_CONTEXT_MAX_CHARACTERS: wholeNumber(48_000, 1_000, 10_000_000),
   LLM_REPLY_LEASE_SECONDS: wholeNumber(DEFAULT_REPLY_LEASE_MS / 1000, 3, 3_600),
@@ -142,6 +145,11 @@ export type AssistantConfig =
       /** Replies one instance writes at once, and one organization has streaming across instances. */
       maxConcurrentReplies: number;
       maxRepliesPerOrganization: number;
+      /** Replies one person has streaming at once: in one organization, and in one instance. */
+      maxRepliesPerPerson: number;
+      /** What one reply may take: tokens asked of the provider, and time. */
+      maxOutputTokens: number;
+      maxReplyMs: number;
       /** What the model is given of the conversation. */
       context: { maxMessages: number; maxCharacters: number };
       /** A reply its instance stopped renewing for this long is marked failed by any instance. */
@@ -260,6 +268,9 @@ function assistantConfig(vars: z.infer<typeof envSchema>): AssistantConfig {
     timeoutMs: vars.LLM_TIMEOUT_MS,
     maxConcurrentReplies: vars.LLM_MAX_CONCURRENT_REPLIES,
     maxRepliesPerOrganization: vars.LLM_MAX_REPLIES_PER_ORGANIZATION,
+    maxRepliesPerPerson: vars.LLM_MAX_REPLIES_PER_PERSON,
+    maxOutputTokens: vars.LLM_MAX_OUTPUT_TOKENS,
+    maxReplyMs: vars.LLM_MAX_REPLY_SECONDS * 1000,
     context: { maxMessages: vars.LLM_CONTEXT_MAX_MESSAGES, maxCharacters: vars.LLM_CONTEXT_MAX_CHARACTERS },
     leaseMs: vars.LLM_REPLY_LEASE_SECONDS * 1000,
   };

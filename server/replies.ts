@@ -5,6 +5,8 @@ import type { ReplyFailure } from '../db/chat-events.js';
 import type { ReplyToStore, SessionOwner, StoredMessageRow, TokenUsage } from '../db/chat.js';
 import type { Database } from '../db/database.js';
 import { appendToReply, failAbandonedReplies, finishReply, getConversationForReply } from '../db/replies.js';
+import { isDatabaseUnavailable } from '../db/errors.js';
+import { createInFlightLimit } from './in-flight-limit.js';
 import type { Logger } from './logger.js';
 
 export interface ReplyRunnerOptions {
@@ -20,6 +22,12 @@ export interface ReplyRunnerOptions {
   maxConcurrentReplies: number;
   /** Replies streaming at once in one organization, across instances. */
   maxRepliesPerOrganization: number;
+  /** Replies one person has at once: streaming in one organization, and being written in this instance. */
+  maxRepliesPerPerson: number;
+  /** Tokens asked of the provider at most (`max_tokens`); the text stored stops at 8 characters a token. */
+  maxOutputTokens: number;
+  /** The longest a reply may stream, however steadily its text comes. */
+  maxReplyMs: number;
   /** What the model is given of the conversation: at most this many messages and characters. */
   context: { maxMessages: number; maxCharacters: number };
   /**
@@ -34,10 +42,19 @@ export const DEFAULT_REPLY_LEASE_MS = 30_000;
 const WRITE_EVERY_MS = 50;
 const WRITE_RETRY_MS = 1_000;
 const FINISH_ATTEMPTS = 3;
+/**
+ * While the provider is silent, a writer checks this often that its reply still streams (the
+ * write that renews its lease tells): stopped on another instance, it stops asking the provider.
+ */
+const STILL_STREAMING_CHECK_MS = 1_000;
+/** A provider that ignores `max_tokens` is cut off at this many characters a token. */
+const CHARACTERS_PER_TOKEN_CAP = 8;
 
 /** Why this instance stopped a reply itself (the abort reason). */
 const aborted = {
-  timeout: new Error('The provider sent no text in time'),
+  timeout: new Error('The provider sent no text in time, or streamed for longer than a reply may'),
+  /** The text reached its cap: the reply ends complete, as with the provider's own `max_tokens`. */
+  long: new Error('The reply reached its length limit'),
   shutdown: new Error('The server is shutting down'),
   /** Stopped, deleted with its session, or marked failed elsewhere: nothing more to write. */
   gone: new Error('The reply no longer streams'),
@@ -56,13 +73,21 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
   const { db, log } = options;
   const leaseMs = options.leaseMs ?? DEFAULT_REPLY_LEASE_MS;
   const running = new Map<string, { sessionId: string; controller: AbortController; done: Promise<void> }>();
+  const checkEveryMs = Math.min(leaseMs / 4, STILL_STREAMING_CHECK_MS);
+  const maxCharacters = options.maxOutputTokens * CHARACTERS_PER_TOKEN_CAP;
+  const perPerson = createInFlightLimit(options.maxRepliesPerPerson);
   let places = 0;
   let drained: (() => void) | undefined;
   let sweeper: NodeJS.Timeout | undefined;
   let sweeping: Promise<void> | undefined;
   let closed = false;
 
-  const toStore: ReplyToStore = { model: options.modelName, leaseMs, maxPerOrganization: options.maxRepliesPerOrganization };
+  const toStore: ReplyToStore = {
+    model: options.modelName,
+    leaseMs,
+    maxPerOrganization: options.maxRepliesPerOrganization,
+    maxPerPerson: options.maxRepliesPerPerson,
+  };
 
   async function write(owner: SessionOwner, reply: StoredMessageRow, controller: AbortController) {
     const ids = { ...owner, sessionId: reply.sessionId, messageId: reply.id };
@@ -83,18 +108,21 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
         // Once the stream has ended, `finishReply` stores the rest in the same write as the end.
         if (ended) return;
         const text = pending;
-        // With nothing to add, a write only renews the lease: due a quarter of it after the last success.
-        if (!text && Date.now() - lastStored < leaseMs / 4) return;
+        // With nothing to add, a write only renews the lease and learns whether the reply still streams.
+        if (!text && Date.now() - lastStored < checkEveryMs) return;
         pending = '';
         lastWrite = Date.now();
         try {
-          if (!(await appendToReply(db, { ...ids, text, leaseMs }))) {
-            gone = true;
-            controller.abort(aborted.gone);
-          }
+          if (!(await appendToReply(db, { ...ids, text, leaseMs }))) stopWriting();
           lastStored = Date.now();
         } catch (error) {
           pending = text + pending;
+          // A write that cannot succeed (the membership gone, say), or a lease surely taken over by now.
+          if (!isDatabaseUnavailable(error) || Date.now() - lastStored > leaseMs) {
+            log.error({ ...ids, err: error }, 'Could not store reply text; the reply is left to fail when its lease passes');
+            stopWriting();
+            return;
+          }
           log.warn({ ...ids, err: error }, 'Could not store reply text; trying again');
           await delay(WRITE_RETRY_MS);
         }
@@ -106,8 +134,14 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
         writing = undefined;
       });
     };
+    function stopWriting() {
+      gone = true;
+      controller.abort(aborted.gone);
+    }
 
-    const renew = setInterval(store, leaseMs / 4);
+    const renew = setInterval(store, checkEveryMs);
+    const tooLong = setTimeout(() => controller.abort(aborted.timeout), options.maxReplyMs);
+    let received = 0;
     let idle: NodeJS.Timeout | undefined;
     const waitForText = () => {
       clearTimeout(idle);
@@ -131,6 +165,7 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
         system: options.systemPrompt,
         messages: conversation,
         abortSignal: controller.signal,
+        maxOutputTokens: options.maxOutputTokens,
         // A failed reply is shown as failed: the person sends again, rather than waiting on retries.
         maxRetries: 0,
         // Reported through the stream below; the SDK's default prints it, request and all, to stderr.
@@ -139,8 +174,11 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
       for await (const part of result.fullStream) {
         if (part.type === 'text-delta') {
           waitForText();
-          pending += part.text;
+          const text = storable(part.text).slice(0, maxCharacters - received);
+          received += text.length;
+          pending += text;
           store();
+          if (received >= maxCharacters) controller.abort(aborted.long);
         } else if (part.type === 'reasoning-delta') {
           waitForText();
         } else if (part.type === 'error') {
@@ -155,12 +193,14 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
     } catch (error) {
       const reason = controller.signal.aborted ? controller.signal.reason : undefined;
       if (reason === aborted.gone) gone = true;
+      else if (reason === aborted.long) log.warn(ids, 'Reply cut at its length limit');
       else {
         failure = reason === aborted.timeout ? 'timeout' : reason === aborted.shutdown ? 'interrupted' : 'provider_error';
         log.warn({ ...ids, reason: failure, provider: failure === 'provider_error' ? describeProviderError(error) : undefined }, 'Reply failed');
       }
     } finally {
       clearTimeout(idle);
+      clearTimeout(tooLong);
       clearInterval(renew);
       ended = true;
     }
@@ -202,18 +242,25 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
     /** What `addMessageToSession` stores with a message to start its reply. */
     toStore,
     /**
-     * A place for one more reply in this instance; `undefined` when it writes as many as it may.
-     * Call the result if no reply was stored after all; `run` gives it back when the reply ends.
+     * A place for one more reply of `person` in this instance, or why there is none: the instance
+     * is closing, or writes as many replies as it may, in all or for them (a writer still winding
+     * down after a stop counts). Release it if no reply was stored; `run` releases it when the reply ends.
      */
-    reserve(): (() => void) | undefined {
-      if (closed || places >= options.maxConcurrentReplies) return undefined;
+    reserve(person: string): { release: () => void } | { refused: 'closing' | 'instance' | 'person' } {
+      if (closed) return { refused: 'closing' };
+      if (places >= options.maxConcurrentReplies) return { refused: 'instance' };
+      const leave = perPerson.enter(person);
+      if (!leave) return { refused: 'person' };
       places += 1;
       let released = false;
-      return () => {
-        if (released) return;
-        released = true;
-        places -= 1;
-        if (places === 0) drained?.();
+      return {
+        release() {
+          if (released) return;
+          released = true;
+          leave();
+          places -= 1;
+          if (places === 0) drained?.();
+        },
       };
     },
     /** Writes the reply stored by `addMessageToSession`, in the background. */
@@ -258,10 +305,6 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
       if (places > 0) await new Promise<void>((resolve) => (drained = resolve));
       await sweeping;
     },
-    /** Whether `close` has been called: no more replies start here. */
-    get closing() {
-      return closed;
-    },
     /** Replies being written here now. */
     get running() {
       return running.size;
@@ -270,6 +313,12 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
 }
 
 export type ReplyRunner = ReturnType<typeof createReplyRunner>;
+
+/**
+ * Text PostgreSQL stores as it is: a NUL (text refuses it) or a lone UTF-16 surrogate (jsonb
+ * refuses it) from the provider becomes U+FFFD, rather than making every write of the reply fail.
+ */
+const storable = (text: string) => text.replace(/[\u0000\p{Surrogate}]/gu, '\uFFFD');
 
 /**
  * What the log keeps of a provider's error: its kind, the URL called, the HTTP status and the

@@ -56,6 +56,9 @@ const heavy = { heavy: true };
 /** A message as callers see it: `seq` stays inside (cursors hold it, signed). */
 const withoutSeq = ({ seq: _seq, ...message }: StoredMessageRow): Message => message;
 
+const tooManyOfYourReplies = () =>
+  new TRPCError({ code: 'TOO_MANY_REQUESTS', message: 'You have too many replies in progress; wait for one to end or stop it' });
+
 function sessionNotFound(): never {
   // The same answer for a session that does not exist and one that is not the caller's.
   throw new TRPCError({ code: 'NOT_FOUND', message: 'Chat session not found' });
@@ -152,11 +155,12 @@ export const chatRouter = router({
       const owner = ownerOf(ctx);
       const { replies } = ctx;
       // A place among this instance's replies first: refused, nothing is stored.
-      const release = replies?.reserve();
-      if (replies && !release) {
-        if (replies.closing) throw unavailable(new Error('The server is shutting down'));
-        throw new TRPCError({ code: 'TOO_MANY_REQUESTS', message: 'The assistant is answering too many messages; try again shortly' });
+      const place = replies?.reserve(ctx.user.id);
+      if (place && 'refused' in place) {
+        if (place.refused === 'closing') throw unavailable(new Error('The server is shutting down'));
+        throw place.refused === 'person' ? tooManyOfYourReplies() : new TRPCError({ code: 'TOO_MANY_REQUESTS', message: 'The assistant is answering too many messages; try again shortly' });
       }
+      const release = place?.release;
       let started = false;
       try {
         const result = await addMessageToSession(ctx.db, {
@@ -177,6 +181,8 @@ export const chatRouter = router({
               code: 'TOO_MANY_REQUESTS',
               message: 'Your organization has too many replies in progress; try again shortly',
             });
+          case 'person_busy':
+            throw tooManyOfYourReplies();
         }
         if (result.reply && replies && release) {
           replies.run(owner, result.reply, release);

@@ -12,6 +12,13 @@ const usageCursor = z.object({
   to: z.iso.datetime().transform((value) => new Date(value)),
 });
 
+// Dates PostgreSQL and a month's arithmetic can hold: from 2000 to a year ahead.
+const usageDate = z
+  .date()
+  .refine((date) => date.getTime() >= Date.UTC(2000, 0, 1) && date.getTime() <= Date.now() + 366 * 86_400_000, {
+    error: 'must be between 2000-01-01 and a year from now',
+  });
+
 /** The first instant of the UTC month `months` months after the one `date` is in. */
 const monthStart = (date: Date, months = 0) => new Date(Date.UTC(date.getUTCFullYear(), date.getUTCMonth() + months, 1));
 
@@ -52,8 +59,8 @@ export const orgRouter = router({
     .input(
       z
         .object({
-          from: z.date().optional(),
-          to: z.date().optional(),
+          from: usageDate.optional(),
+          to: usageDate.optional(),
           limit: z.number().int().min(1).max(1000).default(100),
           cursor: z.string().max(1024).nullish(),
         })

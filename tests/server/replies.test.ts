@@ -208,7 +208,14 @@ describe('failed replies keep the text received, and say why in a word', () => {
     const logged = impatient.logs.find((line) => line.msg === 'Reply failed' && line.messageId === reply.id);
     expect(logged).toMatchObject({
       reason: 'provider_error',
-      provider: { name: 'AI_APICallError', statusCode: status, type: 'invalid_request_error', code: 'bad_input' },
+      provider: {
+        name: 'AI_APICallError',
+        url: `${llm.baseUrl}/chat/completions`,
+        statusCode: status,
+        type: 'invalid_request_error',
+        code: 'bad_input',
+        ...(status === 401 ? { hint: 'check LLM_API_KEY' } : status === 429 ? { hint: 'the provider is rate-limiting this key' } : {}),
+      },
     });
     expect(JSON.stringify(impatient.logs)).not.toContain('Please answer');
     expect(JSON.stringify(impatient.logs)).not.toContain('sk-');
@@ -462,7 +469,7 @@ describe('replies that outlive their writer', () => {
       role: 'user',
       content: 'Hello?',
       titleIfFirst: 'Hello?',
-      reply: { model: MODEL, leaseMs: 1, maxPerOrganization: 20 },
+      reply: { model: MODEL, leaseMs: 1, maxPerOrganization: 20, maxPerPerson: 3 },
     });
     if (stored.status !== 'stored' || !stored.reply) throw new Error(`not stored: ${stored.status}`);
     const restarted = await startTestApp({ alongside: app, assistant: { baseUrl: llm.baseUrl, leaseMs: 60_000 } });
@@ -669,5 +676,119 @@ describe('org.usage', () => {
     expect(logged).not.toContain('my secret question');
     expect(logged).not.toContain('the secret answer');
     events.close();
+  });
+});
+
+describe('what one person and one provider can take', () => {
+  it('LLM_MAX_REPLIES_PER_PERSON: one more of the same person answers TOO_MANY_REQUESTS and stores nothing; a colleague goes on', async () => {
+    const limited = await startTestApp({ alongside: app, assistant: { baseUrl: llm.baseUrl, maxRepliesPerPerson: 2, timeoutMs: 60_000 } });
+    const server = await startHttpServer(limited);
+    try {
+      const ada = await signIn({}, server);
+      const sessions = [ada.session, await ada.client.chat.createSession.mutate({}), await ada.client.chat.createSession.mutate({})];
+      const providers = [llm.nextReply(), llm.nextReply()];
+      for (const session of sessions.slice(0, 2)) await ada.client.chat.sendMessage.mutate({ sessionId: session.id, content: 'Go' });
+      await Promise.all(providers.map((provider) => provider.request));
+      const refused = await clientError(ada.client.chat.sendMessage.mutate({ sessionId: sessions[2]!.id, content: 'And this' }));
+      expect(refused.data?.code).toBe('TOO_MANY_REQUESTS');
+      expect(refused.message).toMatch(/You have too many replies in progress/);
+      expect(await messagesOf(ada.client, sessions[2]!.id)).toEqual([]);
+      const colleague = await signIn({ tenantId: ada.tenantId }, server);
+      const theirs = llm.nextReply();
+      const { reply } = await colleague.client.chat.sendMessage.mutate({ sessionId: colleague.session.id, content: 'Mine?' });
+      expect(reply?.status).toBe('streaming');
+      for (const provider of [...providers, theirs]) provider.finish();
+      await vi.waitFor(() => expect(limited.deps.replies!.running).toBe(0));
+    } finally {
+      await server.close();
+      await limited.close();
+    }
+  });
+
+  it('a reply stopped on another instance stops asking the provider within about a second, text or not', async () => {
+    const other = await startTestApp({ alongside: app, assistant: { baseUrl: llm.baseUrl, timeoutMs: 60_000 } });
+    const server = await startHttpServer(other);
+    try {
+      const { client, session, sub, tenantId } = await signIn({}, server);
+      const provider = llm.nextReply();
+      await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'Slow to start' });
+      await provider.request;
+      // Stopped through the other instance, while the provider has sent nothing yet.
+      const elsewhere = http.clientFor(await app.idp.mintToken({ claims: { sub, tenantId } }));
+      expect(await elsewhere.chat.stopReply.mutate({ sessionId: session.id })).toMatchObject({ status: 'stopped' });
+      await provider.closed;
+      await vi.waitFor(() => expect(other.deps.replies!.running).toBe(0));
+    } finally {
+      await server.close();
+      await other.close();
+    }
+  });
+
+  it('a provider that ignores max_tokens is cut at 8 characters a token, and the reply ends complete', async () => {
+    const capped = await startTestApp({ alongside: app, assistant: { baseUrl: llm.baseUrl, maxOutputTokens: 16, timeoutMs: 60_000 } });
+    const server = await startHttpServer(capped);
+    try {
+      const { client, session } = await signIn({}, server);
+      const events = watchEvents(client);
+      await events.connected();
+      const provider = llm.nextReply();
+      const { reply } = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'Say a lot' });
+      expect((await provider.request).body).toMatchObject({ max_tokens: 16 });
+      for (let index = 0; index < 30; index++) provider.text('0123456789');
+      const end = await replyEnd(events, reply!.id);
+      expect(end).toMatchObject({ type: 'reply.completed', message: { status: 'complete' } });
+      expect(end.message.content).toBe('0123456789'.repeat(13).slice(0, 128));
+      await provider.closed;
+      events.close();
+    } finally {
+      await server.close();
+      await capped.close();
+    }
+  });
+
+  it('a provider that drips text for longer than LLM_MAX_REPLY_SECONDS is cut: failed, timeout, text kept', async () => {
+    const brief = await startTestApp({ alongside: app, assistant: { baseUrl: llm.baseUrl, maxReplyMs: 1_000, timeoutMs: 60_000 } });
+    const server = await startHttpServer(brief);
+    try {
+      const { client, session } = await signIn({}, server);
+      const events = watchEvents(client);
+      await events.connected();
+      const provider = llm.nextReply();
+      const { reply } = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'Drip' });
+      await provider.request;
+      const drip = setInterval(() => provider.text('.'), 200);
+      try {
+        const end = await replyEnd(events, reply!.id);
+        expect(end).toMatchObject({ type: 'reply.failed', reason: 'timeout', message: { status: 'failed' } });
+        expect(end.message.content).toMatch(/^\.+$/);
+      } finally {
+        clearInterval(drip);
+      }
+      events.close();
+    } finally {
+      await server.close();
+      await brief.close();
+    }
+  });
+
+  it('a NUL or a lone surrogate from the provider is stored as U+FFFD, and the reply goes on', async () => {
+    const { client, session } = await signIn();
+    const events = watchEvents(client);
+    await events.connected();
+    const provider = llm.nextReply();
+    const { reply } = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'Odd bytes' });
+    provider.text('a\u0000b ');
+    provider.text('c\ud800d');
+    provider.finish();
+    const end = await replyEnd(events, reply!.id);
+    expect(end).toMatchObject({ type: 'reply.completed', message: { content: 'a\ufffdb c\ufffdd' } });
+    events.close();
+  });
+
+  it('org.usage refuses dates PostgreSQL or a month cannot hold: BAD_REQUEST, not 500', async () => {
+    const { client } = await signIn({ roles: ['Admin'] });
+    for (const input of [{ to: new Date(8.64e15) }, { from: new Date(-8.64e15) }, { to: new Date('1999-12-31T00:00:00Z') }]) {
+      expect((await clientError(client.org.usage.query(input))).data?.code).toBe('BAD_REQUEST');
+    }
   });
 });

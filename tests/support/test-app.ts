@@ -18,7 +18,7 @@ import {
 } from '../../server/chat-events.js';
 import { createLanguageModel } from '../../server/language-model.js';
 import { type ReplyRunnerOptions, createReplyRunner } from '../../server/replies.js';
-import { DEFAULT_LLM_TIMEOUT_MS, DEFAULT_SYSTEM_PROMPT } from '../../server/config.js';
+import { loadConfig } from '../../server/config.js';
 import { createCaller } from '../../server/root.js';
 import { openTestDatabase } from './database.js';
 import { type TestIdentityProvider, startIdentityProvider } from './identity-provider.js';
@@ -70,17 +70,16 @@ export async function startTestApp(
   const replies = options.assistant ? startReplyRunner(options.assistant) : undefined;
   await replies?.start();
   function startReplyRunner({ baseUrl, ...settings }: Exclude<typeof options.assistant, false | undefined>) {
+    // The production defaults, as `loadConfig` gives them.
+    const defaults = loadConfig({}).assistant;
+    if (defaults.mode !== 'on') throw new Error('replies are on by default');
     const modelName = settings.modelName ?? 'test-model';
     return createReplyRunner({
+      ...defaults,
       db: database.db,
       log,
       model: createLanguageModel(baseUrl ? { kind: 'openai-compatible', baseUrl, apiKey: 'test-key', model: modelName } : { kind: 'demo' }),
       modelName,
-      systemPrompt: DEFAULT_SYSTEM_PROMPT,
-      timeoutMs: DEFAULT_LLM_TIMEOUT_MS,
-      maxConcurrentReplies: 50,
-      maxRepliesPerOrganization: 20,
-      context: { maxMessages: 20, maxCharacters: 48_000 },
       ...settings,
     });
   }

@@ -33,7 +33,7 @@ const heapMb = () => {
 const config = loadConfig();
 if (config.identity.mode !== 'local') throw new Error('the bench signs its own tokens: run it without FRONTEGG_*');
 let signatureChecks = 0;
-const { deps, database } = await openServerDeps(config, pino({ level: 'error' }), {
+const { deps, database, sweeper } = await openServerDeps(config, pino({ level: 'error' }), {
   onTokenAccepted: (how) => {
     if (how === 'signature') signatureChecks += 1;
   },
@@ -78,5 +78,7 @@ const report: HeapReport = {
   heapAfterMb: heapMb(),
 };
 await deps.chatEvents.close();
+await deps.replies?.close();
+await sweeper?.stop();
 await database.close();
 process.send?.(report, () => process.exit(0));

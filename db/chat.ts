@@ -374,6 +374,11 @@ export async function addMessageToSession(
     return await writeChats(db, owner, async (tx, events): Promise<AddMessageResult> => {
       // First, so that a refused message changes nothing, not even the session's activity.
       if (reply) {
+        // A reply of this session whose writer is gone (its lease passed) ends now, not at the next sweep.
+        await endReplies(tx, events, owner, and(streamingReply(owner, { sessionId }), sql`${chatMessages.leaseExpiresAt} < now()`), {
+          status: 'failed',
+          failure: 'interrupted',
+        });
         const streaming = await countStreamingReplies(tx, { ...owner, sessionId });
         if (streaming.inSession > 0) return { status: 'reply_streaming' };
         if (streaming.ofPerson >= reply.maxPerPerson) return { status: 'person_busy' };

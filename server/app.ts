@@ -12,7 +12,7 @@ import { createInFlightLimit } from './in-flight-limit.js';
 import { createMemberCache } from './member-cache.js';
 import { createChatEventHub } from './chat-events.js';
 import { createLanguageModel, modelNameOf } from './language-model.js';
-import { type ReplyRunner, createReplyRunner } from './replies.js';
+import { type ReplyRunner, createReplyRunner, startSweepingAbandonedReplies } from './replies.js';
 
 /** How often event streams check the membership when the member cache is off (`MEMBER_CACHE_TTL_SECONDS=0`). */
 const DEFAULT_MEMBERSHIP_CHECK_MS = 5_000;
@@ -51,6 +51,9 @@ export async function openServerDeps(config: Config, log: Logger, observers: Ser
   await chatEvents.start();
   const replies = createConfiguredReplies(config.assistant, database.db, log);
   await replies?.start();
+  // Without an assistant, replies an earlier deployment left streaming still end.
+  const sweeper =
+    config.assistant.mode === 'off' ? await startSweepingAbandonedReplies({ db: database.db, log, leaseMs: config.assistant.leaseMs }) : undefined;
   const deps: HttpServerDeps = {
     db: database.db,
     log,
@@ -65,12 +68,12 @@ export async function openServerDeps(config: Config, log: Logger, observers: Ser
     idleTimeoutMs: config.idleTimeoutMs,
     maxConnections: config.maxConnections,
   };
-  return { deps, database };
+  return { deps, database, sweeper };
 }
 
 /** Opens the database, applies pending migrations and listens. */
 export async function startServer(config: Config, log: Logger, observers: ServerObservers = {}): Promise<RunningServer> {
-  const { deps, database } = await openServerDeps(config, log, observers);
+  const { deps, database, sweeper } = await openServerDeps(config, log, observers);
   const server = createHttpServer(deps);
   server.listen(config.port, config.host);
   await once(server, 'listening');
@@ -98,6 +101,7 @@ export async function startServer(config: Config, log: Logger, observers: Server
       // replies being written here end as failed (`interrupted`), keeping their text, while the
       // database is still open. Subscribers on other instances see them end.
       await deps.replies?.close();
+      await sweeper?.stop();
       await database.close();
     },
   };
@@ -106,7 +110,7 @@ export async function startServer(config: Config, log: Logger, observers: Server
 /** The reply runner `assistant` asks for, or none; says in the log what replies come from. */
 function createConfiguredReplies(assistant: Config['assistant'], db: Database, log: Logger): ReplyRunner | undefined {
   if (assistant.mode === 'off') {
-    log.info('Assistant replies off (ASSISTANT_REPLIES=off): the LLM_* settings are not used');
+    log.info('Assistant replies off (ASSISTANT_REPLIES=off): the LLM_* settings but LLM_REPLY_LEASE_SECONDS are not used');
     return undefined;
   }
   const { model } = assistant;

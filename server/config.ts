@@ -135,7 +135,8 @@ export interface Config {
 }
 
 export type AssistantConfig =
-  | { mode: 'off' }
+  /** Without an assistant, an instance still ends replies an earlier deployment left streaming. */
+  | { mode: 'off'; leaseMs: number }
   | {
       mode: 'on';
       model: LanguageModelConfig;
@@ -244,7 +245,7 @@ function databaseTarget(vars: z.infer<typeof envSchema>): DatabaseTarget {
 }
 
 function assistantConfig(vars: z.infer<typeof envSchema>): AssistantConfig {
-  if (vars.ASSISTANT_REPLIES === 'off') return { mode: 'off' };
+  if (vars.ASSISTANT_REPLIES === 'off') return { mode: 'off', leaseMs: vars.LLM_REPLY_LEASE_SECONDS * 1000 };
   let model: LanguageModelConfig;
   if (vars.LLM_BASE_URL) {
     if (!vars.LLM_MODEL) throw new ConfigError('Invalid configuration: LLM_MODEL is required with LLM_BASE_URL (the model to ask, e.g. gpt-4o-mini or llama3.2)');

@@ -78,8 +78,7 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
   const perPerson = createInFlightLimit(options.maxRepliesPerPerson);
   let places = 0;
   let drained: (() => void) | undefined;
-  let sweeper: NodeJS.Timeout | undefined;
-  let sweeping: Promise<void> | undefined;
+  let sweeper: AbandonedReplySweeper | undefined;
   let closed = false;
 
   const toStore: ReplyToStore = {
@@ -228,16 +227,6 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
     }
   }
 
-  async function sweep() {
-    try {
-      for (const { owner, message } of await failAbandonedReplies(db)) {
-        log.warn({ ...owner, sessionId: message.sessionId, messageId: message.id }, 'Marked failed a reply whose instance stopped writing it');
-      }
-    } catch (error) {
-      log.warn({ err: error }, 'Could not look for abandoned replies');
-    }
-  }
-
   return {
     /** What `addMessageToSession` stores with a message to start its reply. */
     toStore,
@@ -286,13 +275,7 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
     },
     /** Marks failed, now and every third of a lease, the replies of instances that stopped. */
     async start() {
-      await sweep();
-      sweeper = setInterval(() => {
-        sweeping ??= sweep().finally(() => {
-          sweeping = undefined;
-        });
-      }, leaseMs / 3);
-      sweeper.unref();
+      sweeper = await startSweepingAbandonedReplies({ db, log, leaseMs });
     },
     /**
      * Ends the replies being written here as failed (`interrupted`), keeping their text, and those
@@ -300,10 +283,9 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
      */
     async close() {
       closed = true;
-      clearInterval(sweeper);
       for (const reply of running.values()) reply.controller.abort(aborted.shutdown);
       if (places > 0) await new Promise<void>((resolve) => (drained = resolve));
-      await sweeping;
+      await sweeper?.stop();
     },
     /** Replies being written here now. */
     get running() {
@@ -313,6 +295,39 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
 }
 
 export type ReplyRunner = ReturnType<typeof createReplyRunner>;
+
+export type AbandonedReplySweeper = Awaited<ReturnType<typeof startSweepingAbandonedReplies>>;
+
+/**
+ * Marks failed (`interrupted`), now and every third of `leaseMs`, the replies whose instance
+ * stopped renewing their lease. Every instance runs it, also one without an assistant
+ * (`ASSISTANT_REPLIES=off`), which may follow a deployment that had one.
+ */
+export async function startSweepingAbandonedReplies({ db, log, leaseMs }: { db: Database; log: Logger; leaseMs: number }) {
+  async function sweep() {
+    try {
+      for (const { owner, message } of await failAbandonedReplies(db)) {
+        log.warn({ ...owner, sessionId: message.sessionId, messageId: message.id }, 'Marked failed a reply whose instance stopped writing it');
+      }
+    } catch (error) {
+      log.warn({ err: error }, 'Could not look for abandoned replies');
+    }
+  }
+  let sweeping: Promise<void> | undefined;
+  await sweep();
+  const timer = setInterval(() => {
+    sweeping ??= sweep().finally(() => {
+      sweeping = undefined;
+    });
+  }, leaseMs / 3);
+  timer.unref();
+  return {
+    async stop() {
+      clearInterval(timer);
+      await sweeping;
+    },
+  };
+}
 
 /**
  * Text PostgreSQL stores as it is: a NUL (text refuses it) or a lone UTF-16 surrogate (jsonb

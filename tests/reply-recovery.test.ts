@@ -9,6 +9,10 @@ import { type ApiClient, createApiClient } from '../client/index.js';
 import { chatEvents } from '../db/schema.js';
 import { type LanguageModelServer, startLanguageModelServer } from './support/language-model-server.js';
 import { newcomerEnv, run, waitForListening } from './support/processes.js';
+import { startServer as startInProcess } from '../server/app.js';
+import { createLogger } from '../server/logger.js';
+import { startIdentityProvider } from './support/identity-provider.js';
+import { productionConfig } from './support/instances.js';
 import { startTestApp } from './support/test-app.js';
 
 const projectRoot = join(import.meta.dirname, '..');
@@ -126,6 +130,27 @@ describe('a reply whose instance died is marked failed, with its text, within a 
       expect(announced).toEqual({ data: { reason: 'interrupted' } });
     } finally {
       await other.close();
+    }
+  }, 60_000);
+
+  it.skipIf(!inject('databaseUrl'))('by an instance running without an assistant (ASSISTANT_REPLIES=off; PostgreSQL only)', async () => {
+    const idp = await startIdentityProvider();
+    const lines: Record<string, unknown>[] = [];
+    const log = createLogger({ level: 'info', destination: { write: (line: string) => void lines.push(JSON.parse(line)) } });
+    const config = productionConfig(inject('databaseUrl')!, idp, { assistant: { mode: 'off', leaseMs: LEASE_SECONDS * 1000 } });
+    const server = await startInProcess(config, log);
+    try {
+      const { sessionId, replyId } = await replyOnAServerThatDies(serverEnv('without-assistant'));
+      await vi.waitFor(
+        () => {
+          const logged = lines.find((line) => line.msg === 'Marked failed a reply whose instance stopped writing it' && line.messageId === replyId);
+          expect(logged).toMatchObject({ sessionId });
+        },
+        { timeout: 4 * LEASE_SECONDS * 1000, interval: 100 },
+      );
+    } finally {
+      await server.close();
+      await idp.close();
     }
   }, 60_000);
 });

@@ -234,7 +234,7 @@ describe('loadConfig: the assistant', () => {
     expect(() => loadConfig(production)).toThrow(
       /^Invalid configuration: LLM_BASE_URL and LLM_MODEL are required when NODE_ENV=production .* or set ASSISTANT_REPLIES=off$/,
     );
-    expect(loadConfig({ ...production, ASSISTANT_REPLIES: 'off' }).assistant).toEqual({ mode: 'off' });
+    expect(loadConfig({ ...production, ASSISTANT_REPLIES: 'off' }).assistant).toEqual({ mode: 'off', leaseMs: 30_000 });
   });
 
   it.each([

@@ -506,6 +506,30 @@ describe('replies that outlive their writer', () => {
     }
   });
 
+  it('a reply whose writer is gone no longer blocks its session: the next message ends it (interrupted) and is answered', async () => {
+    const { client, session, sub, tenantId } = await signIn();
+    const events = watchEvents(client);
+    await events.connected();
+    // Left by a writer that died: streaming, its lease passed, before any instance has looked.
+    const stored = await addMessageToSession(app.db, {
+      userId: sub,
+      organizationId: tenantId,
+      sessionId: session.id,
+      role: 'user',
+      content: 'Hello?',
+      titleIfFirst: 'Hello?',
+      reply: { model: MODEL, leaseMs: 1, maxPerOrganization: 20, maxPerPerson: 3 },
+    });
+    if (stored.status !== 'stored' || !stored.reply) throw new Error(`not stored: ${stored.status}`);
+    const provider = llm.nextReply();
+    const { reply } = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'Anyone?' });
+    expect(await replyEnd(events, stored.reply.id)).toMatchObject({ type: 'reply.failed', reason: 'interrupted' });
+    provider.text('Here.');
+    provider.finish();
+    expect(await replyEnd(events, reply!.id)).toMatchObject({ type: 'reply.completed', message: { content: 'Here.' } });
+    events.close();
+  });
+
   it('shutting down ends the replies being written as failed (interrupted), keeping their text', async () => {
     const closing = await startTestApp({ alongside: app, assistant: { baseUrl: llm.baseUrl } });
     const server = await startHttpServer(closing);

@@ -357,7 +357,7 @@ export type AddMessageResult =
  * titled `New Chat` with no messages yet takes `titleIfFirst`. The owner's membership row is
  * locked first (`writeChats`), so one session's messages are numbered in commit order and a reader
  * paging by `seq` never finds an older message appearing behind it. Nothing is stored when the
- * session already has a reply streaming, or the organization as many as it may.
+ * session already has a reply streaming, or the person or the organization as many as they may.
  */
 export async function addMessageToSession(
   db: Database,

@@ -5,7 +5,7 @@ import { DEFAULT_EVENT_RETENTION_MS, DEFAULT_SUBSCRIPTIONS_PER_INSTANCE, DEFAULT
 import { DEFAULT_HEAVY_CALLS_PER_PERSON } from './in-flight-limit.js';
 import type { LanguageModelConfig } from './language-model.js';
 import { DEFAULT_MEMBER_CACHE, type MemberCacheOptions } from './member-cache.js';
-import { DEFAULT_REPLY_LEASE_MS } from './replies.js';
+import { DEFAULT_REPLY_LEASE_MS, type ReplyRunnerOptions } from './replies.js';
 
 const optionalString = z
   .string()
@@ -137,25 +137,22 @@ export interface Config {
 export type AssistantConfig =
   /** Without an assistant, an instance still ends replies an earlier deployment left streaming. */
   | { mode: 'off'; leaseMs: number }
-  | {
+  | ({
       mode: 'on';
       model: LanguageModelConfig;
-      systemPrompt: string;
-      /** The longest wait for the provider's first or next piece of text. */
-      timeoutMs: number;
-      /** Replies one instance writes at once, and one organization has streaming across instances. */
-      maxConcurrentReplies: number;
-      maxRepliesPerOrganization: number;
-      /** Replies one person has streaming at once: in one organization, and in one instance. */
-      maxRepliesPerPerson: number;
-      /** What one reply may take: tokens asked of the provider, and time. */
-      maxOutputTokens: number;
-      maxReplyMs: number;
-      /** What the model is given of the conversation. */
-      context: { maxMessages: number; maxCharacters: number };
       /** A reply its instance stopped renewing for this long is marked failed by any instance. */
       leaseMs: number;
-    };
+    } & Pick<
+      ReplyRunnerOptions,
+      | 'systemPrompt'
+      | 'timeoutMs'
+      | 'maxConcurrentReplies'
+      | 'maxRepliesPerOrganization'
+      | 'maxRepliesPerPerson'
+      | 'maxOutputTokens'
+      | 'maxReplyMs'
+      | 'context'
+    >);
 
 /** Raised for a bad environment; its message is one line naming the variable. */
 export class ConfigError extends Error {

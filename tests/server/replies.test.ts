@@ -456,27 +456,30 @@ describe('limits', () => {
   });
 });
 
+/** A message and its reply as a `sendMessage` on an instance that then died leaves them: streaming, its lease passed. */
+async function leaveAbandonedReply(owner: { userId: string; organizationId: string; sessionId: string }) {
+  const stored = await addMessageToSession(app.db, {
+    ...owner,
+    role: 'user',
+    content: 'Hello?',
+    titleIfFirst: 'Hello?',
+    reply: { model: MODEL, leaseMs: 1, maxPerOrganization: 20, maxPerPerson: 3 },
+  });
+  if (stored.status !== 'stored' || !stored.reply) throw new Error(`not stored: ${stored.status}`);
+  return stored.reply;
+}
+
 describe('replies that outlive their writer', () => {
   it('a reply left streaming by an instance that is gone is marked failed (interrupted) when a runner starts, and announced', async () => {
     const { client, session, sub, tenantId } = await signIn();
     const events = watchEvents(client);
     await events.connected();
-    // Stored as a sendMessage of a dead instance left it: streaming, its lease passed, nobody writing it.
-    const stored = await addMessageToSession(app.db, {
-      userId: sub,
-      organizationId: tenantId,
-      sessionId: session.id,
-      role: 'user',
-      content: 'Hello?',
-      titleIfFirst: 'Hello?',
-      reply: { model: MODEL, leaseMs: 1, maxPerOrganization: 20, maxPerPerson: 3 },
-    });
-    if (stored.status !== 'stored' || !stored.reply) throw new Error(`not stored: ${stored.status}`);
+    const stored = await leaveAbandonedReply({ userId: sub, organizationId: tenantId, sessionId: session.id });
     const restarted = await startTestApp({ alongside: app, assistant: { baseUrl: llm.baseUrl, leaseMs: 60_000 } });
     try {
-      const end = await replyEnd(events, stored.reply.id);
-      expect(end).toMatchObject({ type: 'reply.failed', reason: 'interrupted', message: { id: stored.reply.id, status: 'failed' } });
-      const [usage] = await app.db.select().from(replyUsage).where(eq(replyUsage.messageId, stored.reply.id));
+      const end = await replyEnd(events, stored.id);
+      expect(end).toMatchObject({ type: 'reply.failed', reason: 'interrupted', message: { id: stored.id, status: 'failed' } });
+      const [usage] = await app.db.select().from(replyUsage).where(eq(replyUsage.messageId, stored.id));
       expect(usage).toMatchObject({ organizationId: tenantId, userId: sub, model: MODEL, inputTokens: null, outputTokens: null });
     } finally {
       await restarted.close();
@@ -510,20 +513,11 @@ describe('replies that outlive their writer', () => {
     const { client, session, sub, tenantId } = await signIn();
     const events = watchEvents(client);
     await events.connected();
-    // Left by a writer that died: streaming, its lease passed, before any instance has looked.
-    const stored = await addMessageToSession(app.db, {
-      userId: sub,
-      organizationId: tenantId,
-      sessionId: session.id,
-      role: 'user',
-      content: 'Hello?',
-      titleIfFirst: 'Hello?',
-      reply: { model: MODEL, leaseMs: 1, maxPerOrganization: 20, maxPerPerson: 3 },
-    });
-    if (stored.status !== 'stored' || !stored.reply) throw new Error(`not stored: ${stored.status}`);
+    // Before any instance has looked for it.
+    const stored = await leaveAbandonedReply({ userId: sub, organizationId: tenantId, sessionId: session.id });
     const provider = llm.nextReply();
     const { reply } = await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'Anyone?' });
-    expect(await replyEnd(events, stored.reply.id)).toMatchObject({ type: 'reply.failed', reason: 'interrupted' });
+    expect(await replyEnd(events, stored.id)).toMatchObject({ type: 'reply.failed', reason: 'interrupted' });
     provider.text('Here.');
     provider.finish();
     expect(await replyEnd(events, reply!.id)).toMatchObject({ type: 'reply.completed', message: { content: 'Here.' } });

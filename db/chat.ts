@@ -1,4 +1,4 @@
-import { type SQL, and, desc, eq, sql } from 'drizzle-orm';
+import { type SQL, and, desc, eq, lt, sql } from 'drizzle-orm';
 import { type EventLog, type ReplyFailure, openEventLog } from './chat-events.js';
 import type { Database } from './database.js';
 import { isUniqueViolation } from './errors.js';
@@ -271,6 +271,17 @@ export const streamingReply = (owner: SessionOwner, { messageId, sessionId }: { 
     sql`exists (select from ${chatSessions} where ${ownedSession(owner, sessionId)})`,
   );
 
+/** A streaming reply whose lease has passed: the instance writing it stopped renewing it, so it is gone. */
+export const leasePassed = lt(chatMessages.leaseExpiresAt, sql`now()`);
+
+/**
+ * Ends as failed (`interrupted`) the owner's replies in the session (that one only, when
+ * `messageId` is given) whose writer is gone.
+ */
+export function endAbandonedReplies(tx: Database, events: EventLog, owner: SessionOwner, which: { sessionId: string; messageId?: string }) {
+  return endReplies(tx, events, owner, and(streamingReply(owner, which), leasePassed), { status: 'failed', failure: 'interrupted' });
+}
+
 /** Tokens as the provider reported them; `undefined` where it reported none. */
 export interface TokenUsage {
   inputTokens: number | undefined;
@@ -374,11 +385,8 @@ export async function addMessageToSession(
     return await writeChats(db, owner, async (tx, events): Promise<AddMessageResult> => {
       // First, so that a refused message changes nothing, not even the session's activity.
       if (reply) {
-        // A reply of this session whose writer is gone (its lease passed) ends now, not at the next sweep.
-        await endReplies(tx, events, owner, and(streamingReply(owner, { sessionId }), sql`${chatMessages.leaseExpiresAt} < now()`), {
-          status: 'failed',
-          failure: 'interrupted',
-        });
+        // A reply of this session whose writer is gone ends now, not at the next sweep.
+        await endAbandonedReplies(tx, events, owner, { sessionId });
         const streaming = await countStreamingReplies(tx, { ...owner, sessionId });
         if (streaming.inSession > 0) return { status: 'reply_streaming' };
         if (streaming.ofPerson >= reply.maxPerPerson) return { status: 'person_busy' };

@@ -4,8 +4,10 @@ import {
   type SessionOwner,
   type StoredMessageRow,
   type TokenUsage,
+  endAbandonedReplies,
   endReplies,
   getMessagesBySessionId,
+  leasePassed,
   ownedSession,
   streamingReply,
   writeChats,
@@ -87,19 +89,11 @@ export async function failAbandonedReplies(db: Database, { limit = 100 } = {}) {
     .select({ id: chatMessages.id, sessionId: chatMessages.sessionId, userId: chatSessions.userId, organizationId: chatSessions.organizationId })
     .from(chatMessages)
     .innerJoin(chatSessions, eq(chatSessions.id, chatMessages.sessionId))
-    .where(and(eq(chatMessages.status, 'streaming'), lt(chatMessages.leaseExpiresAt, sql`now()`)))
+    .where(and(eq(chatMessages.status, 'streaming'), leasePassed))
     .limit(limit);
   const failed: { owner: SessionOwner; message: StoredMessageRow }[] = [];
   for (const { id, sessionId, ...owner } of abandoned) {
-    const [message] = await writeChats(db, owner, (tx, events) =>
-      endReplies(
-        tx,
-        events,
-        owner,
-        and(streamingReply(owner, { messageId: id, sessionId }), lt(chatMessages.leaseExpiresAt, sql`now()`)),
-        { status: 'failed', failure: 'interrupted' },
-      ),
-    );
+    const [message] = await writeChats(db, owner, (tx, events) => endAbandonedReplies(tx, events, owner, { sessionId, messageId: id }));
     if (message) failed.push({ owner, message });
   }
   return failed;

@@ -55,7 +55,8 @@ const aborted = {
   timeout: new Error('The provider sent no text in time, or streamed for longer than a reply may'),
   /** The text reached its cap: the reply ends complete, as with the provider's own `max_tokens`. */
   long: new Error('The reply reached its length limit'),
-  shutdown: new Error('The server is shutting down'),
+  /** The server is shutting down, or could not read the conversation: the reply ends as interrupted. */
+  interrupted: new Error('The server could not go on with the reply'),
   /** Stopped, deleted with its session, or marked failed elsewhere: nothing more to write. */
   gone: new Error('The reply no longer streams'),
 };
@@ -152,7 +153,7 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
       const conversation = await getConversationForReply(db, { ...ids, beforeSeq: reply.seq, ...options.context }).catch(
         (error: unknown) => {
           log.error({ ...ids, err: error }, 'Could not read the conversation for a reply');
-          controller.abort(aborted.shutdown);
+          controller.abort(aborted.interrupted);
           throw error;
         },
       );
@@ -194,7 +195,7 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
       if (reason === aborted.gone) gone = true;
       else if (reason === aborted.long) log.warn(ids, 'Reply cut at its length limit');
       else {
-        failure = reason === aborted.timeout ? 'timeout' : reason === aborted.shutdown ? 'interrupted' : 'provider_error';
+        failure = reason === aborted.timeout ? 'timeout' : reason === aborted.interrupted ? 'interrupted' : 'provider_error';
         log.warn({ ...ids, reason: failure, provider: failure === 'provider_error' ? describeProviderError(error) : undefined }, 'Reply failed');
       }
     } finally {
@@ -256,7 +257,7 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
     run(owner: SessionOwner, reply: StoredMessageRow, release: () => void) {
       const controller = new AbortController();
       // Its message was stored while the server was closing: the reply ends at once, as interrupted.
-      if (closed) controller.abort(aborted.shutdown);
+      if (closed) controller.abort(aborted.interrupted);
       const done = write(owner, reply, controller)
         .catch((error: unknown) => log.error({ ...owner, messageId: reply.id, err: error }, 'Reply writer failed'))
         .finally(() => {
@@ -283,7 +284,7 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
      */
     async close() {
       closed = true;
-      for (const reply of running.values()) reply.controller.abort(aborted.shutdown);
+      for (const reply of running.values()) reply.controller.abort(aborted.interrupted);
       if (places > 0) await new Promise<void>((resolve) => (drained = resolve));
       await sweeper?.stop();
     },

@@ -1,10 +1,15 @@
 import { createHash } from 'node:crypto';
 import { and, asc, eq, gt, lt, sql } from 'drizzle-orm';
+import { z } from 'zod';
 import type { Message, Session, SessionOwner } from './chat.js';
 import type { Database } from './database.js';
+import { membershipIsActive } from './members.js';
 import { type ChatEventData, type StoredMessage, type StoredSession, chatEvents, chatMessages, organizationMembers } from './schema.js';
 
-/** The one channel every instance LISTENs on; a notification names a member's stream and its newest id. */
+/**
+ * The one channel every instance LISTENs on: a notification names a member's stream and its newest
+ * id, or memberships that changed (see `Notification`).
+ */
 export const CHAT_EVENTS_CHANNEL = 'chat_events';
 
 /** What `chat.events` delivers. */
@@ -55,10 +60,40 @@ export function eventStreamKey({ userId, organizationId }: SessionOwner): string
   return createHash('sha256').update(userId).update('\u0000').update(organizationId).digest('base64url').slice(0, 22);
 }
 
-/** `<stream key> <newest seq>`; `undefined` for anything else on the channel (heartbeats). */
-export function parseEventNotification(payload: string): { key: string; seq: number } | undefined {
-  const match = /^([\w-]{22}) (\d{1,15})$/.exec(payload);
-  return match ? { key: match[1]!, seq: Number(match[2]) } : undefined;
+/** Whose memberships changed: one person's in one organization, or all of a person's, or all of an organization's. */
+export interface MembershipChange {
+  userId?: string | undefined;
+  organizationId?: string | undefined;
+}
+
+/** What a notification on the channel says; `undefined` for anything else (heartbeats). */
+export type Notification =
+  /** `<stream key> <newest seq>`: the member's events up to `seq` are committed. */
+  | { kind: 'events'; key: string; seq: number }
+  /** `members <json>`: these memberships changed (Frontegg's webhooks); forget what is remembered of them. */
+  | { kind: 'members'; change: MembershipChange };
+
+const membershipChange = z.strictObject({ userId: z.string().optional(), organizationId: z.string().optional() });
+
+export function parseNotification(payload: string): Notification | undefined {
+  const events = /^([\w-]{22}) (\d{1,15})$/.exec(payload);
+  if (events) return { kind: 'events', key: events[1]!, seq: Number(events[2]) };
+  if (!payload.startsWith('members ')) return undefined;
+  try {
+    const change = membershipChange.safeParse(JSON.parse(payload.slice('members '.length)));
+    return change.success ? { kind: 'members', change: change.data } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Tells every instance, this one included, that these memberships changed. Sent after the change
+ * committed; the ids fit a notification's 8,000 bytes (identifiers are at most 256 characters).
+ */
+export async function notifyMembershipChanged(db: Database, change: MembershipChange): Promise<void> {
+  const payload = `members ${JSON.stringify({ userId: change.userId, organizationId: change.organizationId })}`;
+  await db.execute(sql`select pg_notify(${CHAT_EVENTS_CHANNEL}, ${payload})`);
 }
 
 export interface EventLog {
@@ -172,7 +207,7 @@ export async function getEventStreamState(
   owner: SessionOwner,
 ): Promise<{ lastEventSeq: number; isActive: boolean } | undefined> {
   const [member] = await db
-    .select({ lastEventSeq: organizationMembers.lastEventSeq, isActive: organizationMembers.isActive })
+    .select({ lastEventSeq: organizationMembers.lastEventSeq, isActive: membershipIsActive })
     .from(organizationMembers)
     .where(memberIs(owner));
   return member;

@@ -1,6 +1,18 @@
-import { and, asc, eq, gt, or } from 'drizzle-orm';
+import { and, asc, eq, gt, or, sql } from 'drizzle-orm';
 import type { Database } from './database.js';
-import { organizationMembers, users } from './schema.js';
+import { type OrganizationMember, organizationMembers, users } from './schema.js';
+
+/**
+ * Whether a member may use the organization: neither an operator (`is_active = false`) nor
+ * Frontegg's webhooks (`frontegg_removed_at`) took them out. In SQL as `membershipIsActive`.
+ */
+export const isMembershipActive = (membership: Pick<OrganizationMember, 'isActive' | 'fronteggRemovedAt'>) =>
+  membership.isActive && membership.fronteggRemovedAt === null;
+
+export const membershipIsActive = sql<boolean>`(${organizationMembers.isActive} and ${organizationMembers.fronteggRemovedAt} is null)`;
+
+/** Who took a member out: Frontegg (removed, or the user or tenant deleted) or an operator. */
+export type Deactivation = 'frontegg' | 'operator';
 
 export interface MemberPosition {
   createdAt: Date;
@@ -21,7 +33,9 @@ export async function getMembersByOrganizationId(
       email: users.email,
       name: users.name,
       role: organizationMembers.role,
-      isActive: organizationMembers.isActive,
+      isActive: membershipIsActive,
+      deactivatedBy: sql<Deactivation | null>`case when ${organizationMembers.fronteggRemovedAt} is not null then 'frontegg'
+        when not ${organizationMembers.isActive} then 'operator' end`,
       lastSeenAt: organizationMembers.lastSeenAt,
       joinedAt: organizationMembers.createdAt,
     })

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { eq, getTableColumns, sql } from 'drizzle-orm';
+import { and, eq, getTableColumns, isNull, sql } from 'drizzle-orm';
 import type { AnyPgColumn } from 'drizzle-orm/pg-core';
 import type { Database } from './database.js';
 import { isUniqueViolation } from './errors.js';
@@ -25,8 +25,25 @@ export interface IdentityClaims {
   name?: string | null;
   avatarUrl?: string | null;
   emailVerified?: boolean;
+  /** Frontegg role keys in this tenant; absent, the stored role stays (a new member is a `member`). */
   roles?: readonly string[];
+  /**
+   * When the claims were true: a token's `iat`, or when a webhook said so. A role or profile older
+   * than the one stored is not written, so a token from before a change made by a webhook (a
+   * demotion, a new email) does not undo it. None: the oldest time, so such claims are written
+   * only over ones as old.
+   */
+  asOf?: Date;
 }
+
+/**
+ * What a Frontegg webhook says of the membership, beyond the claims: the person is in the tenant
+ * (`joined`: a membership the webhooks removed is back), is not (`removed`), or nothing.
+ */
+export type MembershipState = 'joined' | 'removed' | 'unchanged';
+
+/** Who provisions: a person signing in (the default), or a Frontegg webhook, which is no sign-in. */
+export type ProvisioningSource = { kind: 'sign-in' } | { kind: 'webhook'; membership: MembershipState };
 
 export interface ProvisionedIdentity {
   organization: Organization;
@@ -80,13 +97,18 @@ const slugConstraints = ['organizations_slug_unique', 'organizations_s3_bucket_n
  * Creates or syncs the organization, user and membership of a verified identity in one short
  * transaction. Every statement is idempotent, so concurrent first requests converge on the same
  * rows without errors; rows are locked in the order organization, user, membership, so concurrent
- * provisioning cannot deadlock.
+ * provisioning cannot deadlock. A membership is created removed (`fronteggRemovedAt`) when Frontegg
+ * deleted the user or the tenant: deletion is final.
  */
-export async function provisionIdentity(db: Database, claims: IdentityClaims): Promise<ProvisionedIdentity> {
+export async function provisionIdentity(
+  db: Database,
+  claims: IdentityClaims,
+  source: ProvisioningSource = { kind: 'sign-in' },
+): Promise<ProvisionedIdentity> {
   const slugs = organizationSlugCandidates(claims.tenantId);
   for (const [attempt, slug] of slugs.entries()) {
     try {
-      return await db.transaction((tx) => provisionInTransaction(tx, claims, slug));
+      return await db.transaction((tx) => provisionInTransaction(tx, claims, slug, source));
     } catch (error) {
       // Another tenant holds this slug; the organization insert rolled the transaction back.
       if (attempt < slugs.length - 1 && isUniqueViolation(error, slugConstraints)) continue;
@@ -100,6 +122,7 @@ async function provisionInTransaction(
   tx: Database,
   claims: IdentityClaims,
   slug: string,
+  source: ProvisioningSource,
 ): Promise<ProvisionedIdentity> {
   // None needs another's result, so all four are sent at once: one round trip, not four
   // (prepared, see `Database`). PostgreSQL still runs them in this order, the lock order, and the
@@ -107,8 +130,8 @@ async function provisionInTransaction(
   const [insertedOrganization, [organization], [userRow], [membershipRow]] = await allInOrder([
     insertOrganization(tx, claims, slug),
     readOrganization(tx, claims),
-    upsertUser(tx, claims),
-    upsertMembership(tx, claims),
+    upsertUser(tx, claims, source),
+    upsertMembership(tx, claims, source),
   ]);
   if (!organization || !userRow || !membershipRow) {
     throw new Error('provisioning read no organization, or an upsert with RETURNING returned no row');
@@ -166,19 +189,22 @@ function readOrganization(tx: Database, claims: IdentityClaims) {
     .execute();
 }
 
-function upsertUser(tx: Database, claims: IdentityClaims) {
-  // A profile claim present in the token wins; an absent one keeps the stored value.
+function upsertUser(tx: Database, claims: IdentityClaims, source: ProvisioningSource) {
+  // A profile claim present in the token wins, unless the stored profile is newer (a webhook's,
+  // over a token issued before it); an absent claim keeps the stored value.
+  const newer = sql`excluded.profile_as_of >= coalesce(${users.profileAsOf}, '-infinity')`;
   const synced = (column: AnyPgColumn, claim: unknown) =>
-    claim === undefined ? sql`${column}` : sql.raw(`excluded.${column.name}`);
+    claim === undefined ? sql`${column}` : sql`case when ${newer} then ${sql.raw(`excluded.${column.name}`)} else ${column} end`;
   const next = {
     email: synced(users.email, claims.email),
     name: synced(users.name, claims.name),
     avatarUrl: synced(users.avatarUrl, claims.avatarUrl),
     emailVerified: synced(users.emailVerified, claims.emailVerified),
     // Merged, so keys other than frontegg_roles survive.
-    profileData: sql`${users.profileData} || excluded.profile_data`,
+    profileData: sql`case when ${newer} then ${users.profileData} || excluded.profile_data else ${users.profileData} end`,
   };
   const stored = [users.email, users.name, users.avatarUrl, users.emailVerified, users.profileData];
+  const signIn = source.kind === 'sign-in';
 
   return tx
     .insert(users)
@@ -188,16 +214,19 @@ function upsertUser(tx: Database, claims: IdentityClaims) {
       name: claims.name ?? null,
       avatarUrl: claims.avatarUrl ?? null,
       emailVerified: claims.emailVerified ?? false,
-      profileData: { frontegg_roles: [...(claims.roles ?? [])] },
-      lastLogin: sql`now()`,
+      profileData: claims.roles ? { frontegg_roles: [...claims.roles] } : {},
+      profileAsOf: claims.asOf ?? new Date(0),
+      lastLogin: signIn ? sql`now()` : null,
     })
     .onConflictDoUpdate({
       target: users.id,
       set: {
         ...next,
-        // At most one last_login write a minute per user.
-        lastLogin: sql`case when ${users.lastLogin} > now() - interval '1 minute'
-          then ${users.lastLogin} else now() end`,
+        profileAsOf: sql`greatest(${users.profileAsOf}, excluded.profile_as_of)`,
+        // At most one last_login write a minute per user; a webhook is no login.
+        lastLogin: signIn
+          ? sql`case when ${users.lastLogin} > now() - interval '1 minute' then ${users.lastLogin} else now() end`
+          : sql`${users.lastLogin}`,
         updatedAt: sql`case when (${sql.join(stored, sql`, `)}) is distinct from
           (${sql.join(Object.values(next), sql`, `)}) then now() else ${users.updatedAt} end`,
       },
@@ -207,29 +236,96 @@ function upsertUser(tx: Database, claims: IdentityClaims) {
     .execute();
 }
 
-function upsertMembership(tx: Database, claims: IdentityClaims) {
+function upsertMembership(tx: Database, claims: IdentityClaims, source: ProvisioningSource) {
+  const m = organizationMembers;
+  const signIn = source.kind === 'sign-in';
+  const membership = source.kind === 'webhook' ? source.membership : 'unchanged';
+  // Frontegg deleted the user or the tenant: no membership of theirs comes back. Read in the
+  // statement, after the upserts before it in this transaction.
+  const deletedInFrontegg = sql`(select coalesce(u.frontegg_deleted_at, o.frontegg_deleted_at)
+    from ${users} u, ${organizations} o where u.id = ${claims.userId} and o.id = ${claims.tenantId})`;
+  const removedAt = {
+    // Kept when repeated: the first removal's time stands.
+    removed: sql`coalesce(${m.fronteggRemovedAt}, excluded.frontegg_removed_at)`,
+    joined: sql`excluded.frontegg_removed_at`,
+    unchanged: sql`${m.fronteggRemovedAt}`,
+  }[membership];
+  // The token's or webhook's role, unless the one stored is newer; none without a roles claim.
+  const role = claims.roles
+    ? sql`case when excluded.role_as_of >= coalesce(${m.roleAsOf}, '-infinity') then excluded.role else ${m.role} end`
+    : sql`${m.role}`;
+
   return tx
-    .insert(organizationMembers)
+    .insert(m)
     .values({
       userId: claims.userId,
       organizationId: claims.tenantId,
       role: mapFronteggRoles(claims.roles),
-      lastSeenAt: sql`now()`,
+      roleAsOf: claims.roles ? (claims.asOf ?? new Date(0)) : null,
+      fronteggRemovedAt: membership === 'removed' ? sql`now()` : deletedInFrontegg,
+      lastSeenAt: signIn ? sql`now()` : null,
     })
     .onConflictDoUpdate({
-      target: [organizationMembers.userId, organizationMembers.organizationId],
-      // The role follows the token on every login, so a demotion takes effect with the next token.
-      // `is_active` is not touched: a deactivated member stays deactivated.
+      target: [m.userId, m.organizationId],
+      // `is_active` is not touched: what an operator deactivated stays deactivated.
       set: {
-        role: sql`excluded.role`,
-        // At most one write a minute, as for `users.last_login`.
-        lastSeenAt: sql`case when ${organizationMembers.lastSeenAt} > now() - interval '1 minute'
-          then ${organizationMembers.lastSeenAt} else now() end`,
-        updatedAt: sql`case when ${organizationMembers.role} is distinct from excluded.role
-          then now() else ${organizationMembers.updatedAt} end`,
+        role,
+        roleAsOf: sql`greatest(${m.roleAsOf}, excluded.role_as_of)`,
+        fronteggRemovedAt: removedAt,
+        // At most one write a minute, as for `users.last_login`; a webhook is no visit.
+        lastSeenAt: signIn
+          ? sql`case when ${m.lastSeenAt} > now() - interval '1 minute' then ${m.lastSeenAt} else now() end`
+          : sql`${m.lastSeenAt}`,
+        updatedAt: sql`case when (${m.role}, ${m.fronteggRemovedAt}) is distinct from (${role}, ${removedAt})
+          then now() else ${m.updatedAt} end`,
       },
     })
-    .returning({ ...getTableColumns(organizationMembers), created: createdNow })
+    .returning({ ...getTableColumns(m), created: createdNow })
     .prepare('upsert_membership')
     .execute();
+}
+
+/**
+ * Frontegg deleted the user: every membership of theirs is removed, and any made later (a token
+ * still valid in another tenant) is created removed. Their profile and chats are kept (see the
+ * README). One transaction; a repeat changes nothing. A user never seen is recorded too, as an id
+ * only, so that no token of theirs provisions them afterwards. Returns the organizations whose
+ * membership it removed now.
+ */
+export async function markUserDeletedById(db: Database, { userId }: { userId: string }): Promise<string[]> {
+  return db.transaction(async (tx) => {
+    await tx
+      .insert(users)
+      .values({ id: userId, fronteggDeletedAt: sql`now()` })
+      .onConflictDoUpdate({
+        target: users.id,
+        set: { fronteggDeletedAt: sql`coalesce(${users.fronteggDeletedAt}, excluded.frontegg_deleted_at)` },
+      });
+    const removed = await tx
+      .update(organizationMembers)
+      .set({ fronteggRemovedAt: sql`now()`, updatedAt: sql`now()` })
+      .where(and(eq(organizationMembers.userId, userId), isNull(organizationMembers.fronteggRemovedAt)))
+      .returning({ organizationId: organizationMembers.organizationId });
+    return removed.map((row) => row.organizationId);
+  });
+}
+
+/**
+ * Frontegg deleted the tenant: every membership of the organization is removed, and any made later
+ * is created removed. Its chats are kept. One transaction; a repeat changes nothing. An
+ * organization never seen has nothing to remove. Returns how many memberships it removed now.
+ */
+export async function markOrganizationDeletedById(db: Database, { organizationId }: { organizationId: string }): Promise<number> {
+  return db.transaction(async (tx) => {
+    await tx
+      .update(organizations)
+      .set({ fronteggDeletedAt: sql`coalesce(${organizations.fronteggDeletedAt}, now())` })
+      .where(eq(organizations.id, organizationId));
+    const removed = await tx
+      .update(organizationMembers)
+      .set({ fronteggRemovedAt: sql`now()`, updatedAt: sql`now()` })
+      .where(and(eq(organizationMembers.organizationId, organizationId), isNull(organizationMembers.fronteggRemovedAt)))
+      .returning({ userId: organizationMembers.userId });
+    return removed.length;
+  });
 }

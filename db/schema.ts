@@ -31,6 +31,8 @@ export const organizations = pgTable(
     name: text('name').notNull(),
     slug: text('slug').notNull().unique(),
     s3BucketName: text('s3_bucket_name').notNull().unique(),
+    /** When Frontegg said the tenant was deleted (`frontegg.tenant.deleted`): final, ids are never reused. */
+    fronteggDeletedAt: timestampMs('frontegg_deleted_at'),
     createdAt: createdAt(),
     updatedAt: updatedAt(),
   },
@@ -59,6 +61,10 @@ export const users = pgTable('users', {
   emailVerified: boolean('email_verified').notNull().default(false),
   profileData: jsonb('profile_data').$type<UserProfileData>().notNull().default({}),
   lastLogin: timestampMs('last_login'),
+  /** When the profile was true as of, as `organization_members.role_as_of` is for the role. */
+  profileAsOf: timestampMs('profile_as_of'),
+  /** When Frontegg said the user was deleted (`frontegg.user.deleted`): final, ids are never reused. */
+  fronteggDeletedAt: timestampMs('frontegg_deleted_at'),
   createdAt: createdAt(),
   updatedAt: updatedAt(),
 });
@@ -73,7 +79,19 @@ export const organizationMembers = pgTable(
       .notNull()
       .references(() => organizations.id, { onDelete: 'cascade' }),
     role: text('role', { enum: memberRoles }).notNull(),
+    /**
+     * When the role was true as of: the `iat` of the token it came from, or when a Frontegg webhook
+     * set it. An older token (one issued before a demotion) does not set it back.
+     */
+    roleAsOf: timestampMs('role_as_of'),
+    /** Set by an operator only (there is no API for it): `false` keeps the member out whatever Frontegg says. */
     isActive: boolean('is_active').notNull().default(true),
+    /**
+     * When Frontegg's webhooks said the member left (removed from the tenant, the user or the tenant
+     * deleted); cleared when they say the member is back. Apart from `is_active`, so that Frontegg
+     * never undoes an operator's deactivation. A member may sign in only with both clear.
+     */
+    fronteggRemovedAt: timestampMs('frontegg_removed_at'),
     /**
      * When the member last used this organization (written at most once a minute): what its admins
      * see, where `users.last_login` would show a shared person's activity in other tenants.

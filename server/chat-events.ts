@@ -4,11 +4,12 @@ import {
   CHAT_EVENTS_CHANNEL,
   type ChatEvent,
   type LoggedChatEvent,
+  type MembershipChange,
   deleteEventsRecordedBefore,
   eventStreamKey,
   getEventsAfter,
   getEventStreamState,
-  parseEventNotification,
+  parseNotification,
 } from '../db/chat-events.js';
 import type { SessionOwner } from '../db/chat.js';
 import type { Database, DatabaseHandle, Listener } from '../db/database.js';
@@ -35,6 +36,12 @@ export interface ChatEventHubOptions {
   membershipCheckMs: number;
   /** How often this instance checks that its LISTEN connection still hears (default 15 s). */
   listenerHeartbeatMs?: number;
+  /**
+   * Told when memberships changed on any instance (Frontegg's webhooks), and with `{}` (everyone)
+   * whenever listening starts again, as notifications sent meanwhile are lost. The streams of the
+   * members concerned check their membership at once, and end if it is no longer active.
+   */
+  onMembershipChanged?: (change: MembershipChange) => void;
 }
 
 export const DEFAULT_EVENT_RETENTION_MS = 60 * 60_000;
@@ -88,15 +95,34 @@ export function createChatEventHub(options: ChatEventHubOptions) {
 
   function onNotification(payload: string) {
     lastHeardAt = Date.now();
-    const notification = parseEventNotification(payload);
-    if (!notification) return;
-    for (const stream of streams.get(notification.key) ?? []) stream.heard(notification.seq);
+    const notification = parseNotification(payload);
+    if (notification?.kind === 'events') {
+      for (const stream of streams.get(notification.key) ?? []) stream.heard(notification.seq);
+    } else if (notification?.kind === 'members') {
+      membershipChanged(notification.change);
+    }
   }
 
-  /** Notifications sent while not listening are lost: every stream reads what it may have missed. */
+  function membershipChanged(change: MembershipChange) {
+    options.onMembershipChanged?.(change);
+    for (const list of streams.values()) {
+      for (const stream of list) {
+        const { userId, organizationId } = stream.owner;
+        if ((change.userId ?? userId) === userId && (change.organizationId ?? organizationId) === organizationId) {
+          void stream.checkMembership();
+        }
+      }
+    }
+  }
+
+  /**
+   * Notifications sent while not listening are lost: every stream reads what it may have missed,
+   * and what is remembered of memberships is forgotten.
+   */
   function onListening() {
     lastHeardAt = Date.now();
     for (const list of streams.values()) for (const stream of list) stream.catchUp();
+    membershipChanged({});
   }
 
   async function startListening() {
@@ -455,7 +481,9 @@ class MemberStream {
     this.recentBytes = 0;
   }
 
-  private async checkMembership() {
+  /** Ends the member's streams here (FORBIDDEN) unless the membership is still active. */
+  async checkMembership() {
+    if (this.stopped) return;
     try {
       if ((await getEventStreamState(this.deps.db, this.owner))?.isActive) return;
     } catch {

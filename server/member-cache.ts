@@ -1,4 +1,5 @@
 import { LRUCache } from 'lru-cache';
+import type { MembershipChange } from '../db/chat-events.js';
 import type { IdentityClaims, ProvisionedIdentity } from '../db/provisioning.js';
 
 /** The caller's rows, as `protectedProcedure` hands them to procedures. */
@@ -27,8 +28,9 @@ interface Provisioning {
 /**
  * The rows provisioned recently for each person in each organization, with the claims they were
  * provisioned from. A token whose claims differ in anything provisioning writes (roles, email,
- * name, picture, verified flag) finds no entry and provisions again at once, so a demotion is
- * never answered from here. What changes in the database without a new token (a membership
+ * name, picture, verified flag, or the time they held as of) finds no entry and provisions again at
+ * once, so a demotion is never answered from here. What Frontegg's webhooks change is forgotten
+ * on every instance at once (`forget`); what changes in the database without either (a membership
  * deactivated by an operator) is seen once the entry is older than `ttlMs`.
  */
 export function createMemberCache({
@@ -49,6 +51,8 @@ export function createMemberCache({
   // Concurrent first requests of one person (a batch, a page firing several calls) share one
   // provisioning instead of queueing in the database behind its row locks.
   const underWay = new Map<string, Provisioning>();
+  // Raised by `forget`: a provisioning that began before then may have read what changed since.
+  let generation = 0;
 
   return {
     /**
@@ -64,9 +68,10 @@ export function createMemberCache({
       const pending = underWay.get(person);
       if (pending && sameClaims(pending.claims, identity)) return pending.member;
 
+      const startedIn = generation;
       const member = provision().then((provisioned) => {
         const member = freezeMember(provisioned);
-        remembered?.set(person, { claims: identity, member });
+        if (generation === startedIn) remembered?.set(person, { claims: identity, member });
         return member;
       });
       const provisioning = { claims: identity, member };
@@ -77,6 +82,18 @@ export function createMemberCache({
         // A later provisioning of other claims may have taken the place meanwhile.
         if (underWay.get(person) === provisioning) underWay.delete(person);
       }
+    },
+
+    /**
+     * Forgets the rows of the memberships that changed (`{}`: everyone's), and the provisionings
+     * of them under way: the next request of each of those people reads the database.
+     */
+    forget({ userId, organizationId }: MembershipChange) {
+      generation += 1;
+      const concerned = (claims: IdentityClaims) =>
+        (userId ?? claims.userId) === claims.userId && (organizationId ?? claims.tenantId) === claims.tenantId;
+      for (const [person, entry] of [...(remembered?.entries() ?? [])]) if (concerned(entry.claims)) remembered?.delete(person);
+      for (const [person, provisioning] of [...underWay]) if (concerned(provisioning.claims)) underWay.delete(person);
     },
 
     /** How many people are remembered now. */
@@ -103,7 +120,9 @@ function sameClaims(a: IdentityClaims, b: IdentityClaims): boolean {
     a.name === b.name &&
     a.avatarUrl === b.avatarUrl &&
     a.emailVerified === b.emailVerified &&
-    sameRoles(a.roles, b.roles)
+    sameRoles(a.roles, b.roles) &&
+    // A newer token may write what a webhook wrote since the older one was provisioned.
+    a.asOf?.getTime() === b.asOf?.getTime()
   );
 }
 

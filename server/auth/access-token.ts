@@ -24,7 +24,14 @@ export class AccessTokenError extends Error {
 }
 
 export interface VerifiedAccessToken {
+  /** What provisioning writes. */
   identity: IdentityClaims;
+  /** Frontegg's role keys, as the token has them (none when its template leaves them out). */
+  roles: readonly string[];
+  /** Permission keys, as the token has them; see `hasPermission` for what they grant. */
+  permissions: readonly string[];
+  /** Every tenant the person belongs to; the current one alone when the template leaves them out. */
+  tenantIds: readonly string[];
   expiresAt: Date;
 }
 
@@ -76,7 +83,7 @@ export function parseBearerToken(header: string | undefined): string | null {
 const unstorable = /[\p{Cc}\p{Surrogate}]/u;
 
 /** An identifier that decides who someone is or what they may do: refused unless stored exactly as sent. */
-const identifier = (max: number) =>
+export const identifier = (max: number) =>
   z
     .string()
     .min(1)
@@ -92,7 +99,7 @@ const bidiControls = new RegExp(bidiControl, 'g');
  * cleaned rather than refused. Control and text-direction characters go (tabs and line breaks become a
  * space, and runs of spaces one), lone surrogates become U+FFFD, and what is left blank is `null`.
  */
-const displayText = (max: number) =>
+export const displayText = (max: number) =>
   z
     .string()
     .max(max)
@@ -111,7 +118,7 @@ const displayText = (max: number) =>
  * An email is an address, not only text to show: one that cleaning would change is some other
  * address, so it is kept only as sent (trimmed), else dropped (`null`, and not verified).
  */
-const emailAddress = z
+export const emailAddress = z
   .string()
   .max(320)
   .transform((value) => {
@@ -120,7 +127,7 @@ const emailAddress = z
   });
 
 /** A picture URL is kept only when it is an http(s) URL: a `javascript:` one would run where it is shown. */
-const pictureUrl = displayText(2048).transform((value) => {
+export const pictureUrl = displayText(2048).transform((value) => {
   if (value === null || !URL.canParse(value)) return null;
   return ['http:', 'https:'].includes(new URL(value).protocol) ? value : null;
 });
@@ -129,6 +136,7 @@ const pictureUrl = displayText(2048).transform((value) => {
 const claimsSchema = z.object({
   // Within what a Date can hold (the year 9999), so `expiresAt` is always a real date.
   exp: z.number().int().max(253_402_300_799),
+  iat: z.number().int().min(0).max(253_402_300_799).optional(),
   sub: identifier(256),
   tenantId: identifier(256),
   type: z.string(),
@@ -138,6 +146,7 @@ const claimsSchema = z.object({
   email_verified: z.boolean().nullish(),
   roles: z.array(identifier(256)).max(256).nullish(),
   permissions: z.array(identifier(256)).max(1024).nullish(),
+  tenantIds: z.array(identifier(256)).max(1024).nullish(),
 });
 
 /**
@@ -160,7 +169,7 @@ export function createAccessTokenVerifier(options: AccessTokenVerifierOptions): 
     max: entries,
     maxSize: options.cacheMaxBytes ?? DEFAULT_TOKEN_CACHE_MAX_BYTES,
     // The token is held twice (the key and the parts jose was given), with its identity.
-    sizeCalculation: (entry, token) => 2 * token.length + JSON.stringify(entry.verified.identity).length + 512,
+    sizeCalculation: (entry, token) => 2 * token.length + JSON.stringify(entry.verified).length + 512,
   });
 
   return async (token) => {
@@ -228,7 +237,7 @@ function createUncachedVerifier(options: AccessTokenVerifierOptions) {
       throw new AccessTokenError('unsupported_token_type', 'Only user tokens (type "userToken") are accepted');
     }
     if (!used) throw new Error('jose verified a token without asking the key set');
-    const { exp, sub, tenantId, email, name, profilePictureUrl, email_verified, roles } = claims.data;
+    const { exp, iat, sub, tenantId, email, name, profilePictureUrl, email_verified, roles, permissions, tenantIds } = claims.data;
     // Shared by every request that presents this token again, so nobody may change it.
     const identity: IdentityClaims = Object.freeze({
       userId: sub,
@@ -238,9 +247,19 @@ function createUncachedVerifier(options: AccessTokenVerifierOptions) {
       avatarUrl: profilePictureUrl,
       // A dropped email is not a verified one.
       emailVerified: email === null && typeof payload.email === 'string' ? false : (email_verified ?? undefined),
-      roles: Object.freeze([...(roles ?? [])]),
+      // Absent, the stored role stays (see `provisionIdentity`).
+      roles: roles ? Object.freeze([...roles]) : undefined,
+      // A token without `iat` says nothing of when its roles held: a webhook's role stands.
+      asOf: iat === undefined ? undefined : new Date(iat * 1000),
     });
-    return { verified: Object.freeze({ identity, expiresAt: new Date(exp * 1000) }), ...used };
+    const verified: VerifiedAccessToken = {
+      identity,
+      roles: Object.freeze([...(roles ?? [])]),
+      permissions: Object.freeze([...(permissions ?? [])]),
+      tenantIds: Object.freeze([...(tenantIds ?? [tenantId])]),
+      expiresAt: new Date(exp * 1000),
+    };
+    return { verified: Object.freeze(verified), ...used };
   };
 }
 

@@ -114,7 +114,8 @@ describe('statements per request', () => {
 
 describe('what provisions again', () => {
   it('a demotion takes effect on the next request: it is never answered from the cache', async () => {
-    const admin = person({ roles: ['Admin'] });
+    // Admins only, whatever the permissions.
+    const admin = person({ roles: ['Admin'], permissions: [] });
     expect((await (await app.as(admin)).org.members()).items).toHaveLength(1);
 
     const demoted = { ...admin, roles: ['ReadOnly'] };
@@ -302,6 +303,53 @@ describe('createMemberCache, with provisionings the test settles by hand', () =>
     // About 6 KB each as remembered: three fit in 20 KB, whatever the entry count allows.
     expect(members.size).toBeLessThanOrEqual(3);
     expect(members.size).toBeGreaterThan(0);
+  });
+
+  it('forgets the memberships that changed: one person in one organization, all of a person’s, all of an organization’s, everyone', async () => {
+    const members = createMemberCache();
+    const remember = async (userId: string, tenantId: string) => {
+      const rows = pendingProvisioning(`${userId}@${tenantId}`);
+      rows.resolve(rows.member);
+      await members.getOrProvision({ ...claims, userId, tenantId }, rows.provision);
+    };
+    const remembered = async (userId: string, tenantId: string) => {
+      let provisioned = false;
+      const again = pendingProvisioning('again');
+      again.resolve(again.member);
+      await members.getOrProvision({ ...claims, userId, tenantId }, () => ((provisioned = true), again.provision()));
+      return !provisioned;
+    };
+    const everyone = [['ada', 'a'], ['ada', 'b'], ['grace', 'a'], ['grace', 'b']] as const;
+    for (const [userId, tenantId] of everyone) await remember(userId, tenantId);
+
+    members.forget({ userId: 'ada', organizationId: 'a' });
+    expect(await remembered('ada', 'b')).toBe(true);
+    expect(await remembered('grace', 'a')).toBe(true);
+    expect(await remembered('ada', 'a')).toBe(false);
+
+    members.forget({ userId: 'grace' });
+    expect([await remembered('grace', 'a'), await remembered('grace', 'b'), await remembered('ada', 'b')]).toEqual([false, false, true]);
+    members.forget({ organizationId: 'b' });
+    expect([await remembered('ada', 'b'), await remembered('grace', 'b'), await remembered('ada', 'a')]).toEqual([false, false, true]);
+    members.forget({});
+    expect(members.size).toBe(0);
+  });
+
+  it('neither remembers nor shares a provisioning that began before the memberships changed', async () => {
+    const members = createMemberCache();
+    const stale = pendingProvisioning('stale');
+    const before = members.getOrProvision(claims, stale.provision);
+    members.forget({ userId: claims.userId });
+    // A call after the change does not join the provisioning under way: it reads afresh.
+    const fresh = pendingProvisioning('fresh');
+    const after = members.getOrProvision(claims, fresh.provision);
+    stale.resolve(stale.member);
+    fresh.resolve(fresh.member);
+    expect((await before).membership.role).toBe('stale');
+    expect((await after).membership.role).toBe('fresh');
+    const next = pendingProvisioning('next');
+    next.resolve(next.member);
+    expect((await members.getOrProvision(claims, next.provision)).membership.role).toBe('fresh');
   });
 
   it('hands out frozen rows, also when it remembers nothing', async () => {

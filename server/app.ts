@@ -40,6 +40,7 @@ export async function openServerDeps(config: Config, log: Logger, observers: Ser
   await database.migrate();
   const poolMode = config.database.kind === 'postgres' ? (config.database.poolMode ?? 'session') : undefined;
   log.info({ database: database.kind, poolMode }, 'Database ready, migrations applied');
+  const members = createMemberCache(config.memberCache);
   const chatEvents = createChatEventHub({
     db: database.db,
     listen: database.listen,
@@ -47,8 +48,11 @@ export async function openServerDeps(config: Config, log: Logger, observers: Ser
     ...config.chatEvents,
     // A deactivated member's streams end within the time their rows may be remembered.
     membershipCheckMs: config.memberCache.ttlMs || DEFAULT_MEMBERSHIP_CHECK_MS,
+    // Frontegg's webhooks, received by any instance: this one's remembered rows go at once.
+    onMembershipChanged: (change) => members.forget(change),
   });
   await chatEvents.start();
+  if (config.fronteggWebhookSecret) log.info({ path: '/webhooks/frontegg' }, 'Accepting Frontegg webhooks');
   const replies = createConfiguredReplies(config.assistant, database.db, log);
   await replies?.start();
   // Without an assistant, replies an earlier deployment left streaming still end.
@@ -61,12 +65,13 @@ export async function openServerDeps(config: Config, log: Logger, observers: Ser
     cursors: await createSharedCursorCodec(database.db),
     pingDatabase: database.ping,
     procedureTimeoutMs: config.procedureTimeoutMs,
-    members: createMemberCache(config.memberCache),
+    members,
     heavyCalls: createInFlightLimit(config.heavyCallsPerPerson),
     chatEvents,
     replies,
     idleTimeoutMs: config.idleTimeoutMs,
     maxConnections: config.maxConnections,
+    fronteggWebhookSecret: config.fronteggWebhookSecret,
   };
   return { deps, database, sweeper };
 }

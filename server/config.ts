@@ -56,6 +56,9 @@ const envSchema = z.object({
     .refine((audiences) => audiences === undefined || audiences.length > 0, {
       error: 'must name at least one audience (comma-separated), or be unset',
     }),
+  FRONTEGG_WEBHOOK_SECRET: optionalString.pipe(
+    z.string().min(16, { error: 'must be at least 16 characters: set a long random secret on the webhook in Frontegg' }).optional(),
+  ),
   FRONTEGG_JWKS_MAX_AGE_SECONDS: wholeNumber(600, 1, 86_400),
   FRONTEGG_JWKS_COOLDOWN_SECONDS: wholeNumber(30, 1, 3_600),
   DATABASE_POOL_SIZE: wholeNumber(10, 1, 1_000),
@@ -113,6 +116,8 @@ export interface Config {
   logLevel: z.infer<typeof envSchema>['LOG_LEVEL'];
   database: DatabaseTarget;
   identity: IdentityConfig;
+  /** The secret key of Frontegg's webhook; without it `POST /webhooks/frontegg` answers 404. */
+  fronteggWebhookSecret: string | undefined;
   /** A procedure that has not answered by then answers 503. */
   procedureTimeoutMs: number;
   /** How many verified tokens are remembered until they expire (0: none), and in how much memory. */
@@ -172,6 +177,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     logLevel: vars.LOG_LEVEL,
     database: databaseTarget(vars),
     identity: identityConfig(vars),
+    fronteggWebhookSecret: vars.FRONTEGG_WEBHOOK_SECRET,
     procedureTimeoutMs: vars.PROCEDURE_TIMEOUT_MS,
     tokenCacheEntries: vars.TOKEN_CACHE_MAX_ENTRIES,
     tokenCacheMaxBytes: vars.TOKEN_CACHE_MAX_MB * 2 ** 20,

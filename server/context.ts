@@ -1,7 +1,6 @@
 import { TRPCError } from '@trpc/server';
 import type { Database } from '../db/database.js';
-import type { IdentityClaims } from '../db/provisioning.js';
-import { AccessTokenError, type AccessTokenVerifier, parseBearerToken } from './auth/access-token.js';
+import { AccessTokenError, type AccessTokenVerifier, type VerifiedAccessToken, parseBearerToken } from './auth/access-token.js';
 import type { ChatEventHub } from './chat-events.js';
 import type { CursorCodec } from './cursor.js';
 import type { Logger } from './logger.js';
@@ -31,12 +30,12 @@ export interface ServerDeps {
 const DEFAULT_PROCEDURE_TIMEOUT_MS = 15_000;
 
 export type Auth =
-  | {
-      status: 'verified';
-      identity: IdentityClaims;
-      /** The token's `exp`: a subscription it opened ends then. */
-      expiresAt: Date;
-    }
+  /**
+   * The verified token: `identity` is what provisioning writes; `roles`, `permissions` and
+   * `tenantIds` are the token's own (see `VerifiedAccessToken`); `expiresAt` its `exp`, when a
+   * subscription it opened ends.
+   */
+  | ({ status: 'verified' } & VerifiedAccessToken)
   /** `error` is what a procedure that needs a caller answers: why this request has no identity. */
   | { status: 'signed-out'; error: TRPCError };
 
@@ -53,8 +52,7 @@ export async function authenticate(
     if (token === null) {
       throw new AccessTokenError('missing', 'Sign-in required: send "Authorization: Bearer <access token>"');
     }
-    const { identity, expiresAt } = await deps.verifyAccessToken(token);
-    return { status: 'verified', identity, expiresAt };
+    return { status: 'verified', ...(await deps.verifyAccessToken(token)) };
   } catch (error) {
     if (!(error instanceof AccessTokenError)) throw error;
     const code = error.reason === 'key_set_unavailable' ? 'SERVICE_UNAVAILABLE' : 'UNAUTHORIZED';

@@ -10,6 +10,7 @@ import { type ServerDeps, createRequestContext } from './context.js';
 import { withDeadline } from './deadline.js';
 import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS } from './config.js';
 import { appRouter } from './root.js';
+import { createFronteggWebhookHandler } from './webhooks/frontegg.js';
 
 export interface HttpServerDeps extends ServerDeps {
   /** Resolves when the database answers; `/readyz` reports it. */
@@ -21,6 +22,8 @@ export interface HttpServerDeps extends ServerDeps {
   idleTimeoutMs?: number;
   /** Connections open at once; more are refused (default 10,000). */
   maxConnections?: number;
+  /** The secret of Frontegg's webhook (`FRONTEGG_WEBHOOK_SECRET`); without it `/webhooks/frontegg` is 404. */
+  fronteggWebhookSecret?: string | undefined;
 }
 
 const READINESS_TIMEOUT_MS = 2_000;
@@ -31,7 +34,10 @@ const LIMITS_CHECKED_EVERY_MS = 1_000;
 
 const requestIdPattern = /^[\w.:-]{1,128}$/;
 
-/** tRPC under `/trpc`, plus `/healthz` (the process runs) and `/readyz` (the database answers). */
+/**
+ * tRPC under `/trpc`, plus `/healthz` (the process runs), `/readyz` (the database answers) and,
+ * with a secret, `/webhooks/frontegg`.
+ */
 export function createHttpServer(deps: HttpServerDeps): http.Server {
   /** The log of one request: every line carries the id its response carries. */
   const requestLog = (req: http.IncomingMessage) => deps.log.child({ requestId: req.headers['x-request-id'] });
@@ -58,6 +64,11 @@ export function createHttpServer(deps: HttpServerDeps): http.Server {
     },
   });
 
+  const { fronteggWebhookSecret: secret } = deps;
+  const fronteggWebhook = secret
+    ? createFronteggWebhookHandler({ db: deps.db, secret, forgetMembers: (change) => deps.members.forget(change) })
+    : undefined;
+
   const server = http.createServer({ connectionsCheckingInterval: LIMITS_CHECKED_EVERY_MS }, (req, res) => {
     const incoming = req.headers['x-request-id'];
     const requestId = typeof incoming === 'string' && requestIdPattern.test(incoming) ? incoming : randomUUID();
@@ -74,6 +85,14 @@ export function createHttpServer(deps: HttpServerDeps): http.Server {
     const pathname = queryAt === -1 ? url : url.slice(0, queryAt);
     if (pathname.startsWith('/trpc/')) return trpcHandler(req, res);
     if (pathname === '/healthz') return sendJson(res, 200, { status: 'ok' });
+    if (pathname === '/webhooks/frontegg' && fronteggWebhook) {
+      const log = requestLog(req);
+      fronteggWebhook(req, res, log).catch((error: unknown) => {
+        log.error({ err: error }, 'Frontegg webhook failed');
+        if (!res.headersSent) sendJson(res, 500, { error: 'Internal server error' });
+      });
+      return;
+    }
     if (pathname === '/readyz') {
       const timedOut = () => new Error(`timed out after ${READINESS_TIMEOUT_MS} ms`);
       withDeadline(deps.pingDatabase(), READINESS_TIMEOUT_MS, timedOut).then(

@@ -2,8 +2,11 @@ import { TRPCError, initTRPC } from '@trpc/server';
 import superjson from 'superjson';
 import { ZodError, z } from 'zod';
 import { isDatabaseUnavailable } from '../db/errors.js';
+import { isMembershipActive } from '../db/members.js';
 import { type IdentityClaims, provisionIdentity } from '../db/provisioning.js';
+import type { MemberRole } from '../db/schema.js';
 import { AccessTokenError } from './auth/access-token.js';
+import { hasPermission } from './auth/permissions.js';
 import type { Context } from './context.js';
 import { withDeadline } from './deadline.js';
 import { type Member, personKey } from './member-cache.js';
@@ -113,7 +116,7 @@ const provisionCaller = t.middleware(function provisionCaller({ ctx, meta, next 
     const { user, organization, membership } = await ctx.members.getOrProvision(identity, () =>
       provisionMember(ctx, identity),
     );
-    if (!membership.isActive) {
+    if (!isMembershipActive(membership)) {
       throw new TRPCError({ code: 'FORBIDDEN', message: 'Your membership in this organization is deactivated' });
     }
     // `auth` goes on narrowed: a procedure sees the verified token (its `expiresAt`) as present.
@@ -183,6 +186,19 @@ const chainedInOrder = t.procedure.use(provisionCaller);
 export const protectedProcedure = checkingInputFirst(t.procedure as unknown as Chain, [
   provisionCaller,
 ]) as unknown as typeof chainedInOrder;
+
+/**
+ * `protectedProcedure` for callers whose token holds `permission` (a key ending in `.*` grants
+ * every key under it, see `hasPermission`), or whose role in the organization is `orRole`.
+ * Anyone else: FORBIDDEN, naming the permission.
+ */
+export function requiringPermission(permission: string, { orRole }: { orRole?: MemberRole } = {}) {
+  return protectedProcedure.use(({ ctx, next }) => {
+    if (hasPermission(ctx.auth.permissions, permission) || ctx.membership.role === orRole) return next();
+    const alternative = orRole ? ` or the ${orRole} role in the organization` : '';
+    throw new TRPCError({ code: 'FORBIDDEN', message: `This requires the permission "${permission}"${alternative}` });
+  });
+}
 
 /** `protectedProcedure`, for admins of the organization only: the one middleware they add. */
 export const adminProcedure = protectedProcedure.use(({ ctx, next }) => {

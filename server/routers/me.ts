@@ -1,7 +1,10 @@
 import { protectedProcedure } from '../trpc.js';
 
-/** The caller as the server knows them: their user row, current organization and role in it. */
-export const me = protectedProcedure.query(({ ctx: { user, organization, membership } }) => ({
+/**
+ * The caller as the server knows them: their user row, current organization and role in it; and as
+ * their token says: its permission keys and every tenant they belong to.
+ */
+export const me = protectedProcedure.query(({ ctx: { auth, user, organization, membership } }) => ({
   user: {
     id: user.id,
     email: user.email,
@@ -22,4 +25,6 @@ export const me = protectedProcedure.query(({ ctx: { user, organization, members
     updatedAt: organization.updatedAt,
   },
   role: membership.role,
+  permissions: auth.permissions,
+  tenantIds: auth.tenantIds,
 }));

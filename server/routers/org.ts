@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { getMembersByOrganizationId } from '../../db/members.js';
 import { getUsageByOrganization } from '../../db/replies.js';
-import { adminProcedure, router } from '../trpc.js';
+import { adminProcedure, requiringPermission, router } from '../trpc.js';
 
 /** Where a page of usage ends, and the period it is of (a default `to` is the time of the first page). */
 const usageCursor = z.object({
@@ -25,8 +25,12 @@ const monthStart = (date: Date, months = 0) => new Date(Date.UTC(date.getUTCFull
 const memberCursor = z.object({ createdAt: z.iso.datetime().transform((value) => new Date(value)), userId: z.string() });
 
 export const orgRouter = router({
-  /** The current organization's members, in joining order. Admins only. */
-  members: adminProcedure
+  /**
+   * The current organization's members, in joining order: for admins, and for anyone whose token
+   * holds `fe.secure.read.users` (Frontegg's permission to read users). `isActive` is false for a
+   * member Frontegg removed or an operator deactivated; `deactivatedBy` says which.
+   */
+  members: requiringPermission('fe.secure.read.users', { orRole: 'admin' })
     .meta({ heavy: true })
     .input(
       z

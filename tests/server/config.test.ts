@@ -8,6 +8,8 @@ describe('loadConfig', () => {
       logLevel: 'info',
       database: { kind: 'pglite', dataDir: '.data/pglite' },
       identity: { mode: 'local', keyFile: '.data/local-identity/signing-key.json' },
+      // No webhook secret: /webhooks/frontegg answers 404.
+      fronteggWebhookSecret: undefined,
       procedureTimeoutMs: 15_000,
       tokenCacheEntries: 10_000,
       tokenCacheMaxBytes: 32 * 2 ** 20,
@@ -60,6 +62,10 @@ describe('loadConfig', () => {
       lockTimeoutMs: 2_000,
     });
     expect([config.port, config.host]).toEqual([8080, '0.0.0.0']);
+  });
+
+  it('takes the webhook secret as set', () => {
+    expect(loadConfig({ FRONTEGG_WEBHOOK_SECRET: ' a-long-random-webhook-secret ' }).fronteggWebhookSecret).toBe('a-long-random-webhook-secret');
   });
 
   it('takes FRONTEGG_ISSUER and FRONTEGG_JWKS_URL as overrides', () => {
@@ -170,6 +176,7 @@ describe('loadConfig', () => {
     [{ FRONTEGG_AUDIENCE: 'client-a' }, /FRONTEGG_BASE_URL is required \(or both/],
     [{ NODE_ENV: 'production' }, /FRONTEGG_BASE_URL is required when NODE_ENV=production/],
     [{ LOG_LEVEL: 'loud' }, /^Invalid configuration: LOG_LEVEL /],
+    [{ FRONTEGG_WEBHOOK_SECRET: 'short-secret' }, /^Invalid configuration: FRONTEGG_WEBHOOK_SECRET must be at least 16 characters/],
     [
       { FRONTEGG_BASE_URL: 'https://app-abc.frontegg.com', FRONTEGG_AUDIENCE: ' , ,' },
       'Invalid configuration: FRONTEGG_AUDIENCE must name at least one audience (comma-separated), or be unset',

@@ -137,8 +137,8 @@ describe('the typed client over HTTP', () => {
     expect(error.data).toMatchObject({ code: 'UNAUTHORIZED', httpStatus: 401, authReason: 'expired' });
   });
 
-  it('answers 403 FORBIDDEN to a non-admin listing members', async () => {
-    const token = await app.idp.mintToken({ claims: { roles: ['ReadOnly'] } });
+  it('answers 403 FORBIDDEN to a non-admin listing members without fe.secure.read.users', async () => {
+    const token = await app.idp.mintToken({ claims: { roles: ['ReadOnly'], permissions: [] } });
     const error = await clientError(http.clientFor(token).org.members.query());
     expect(error.data).toMatchObject({ code: 'FORBIDDEN', httpStatus: 403 });
   });

@@ -1,8 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import { count, eq } from 'drizzle-orm';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { createApiClient } from '../../client/index.js';
+import type { TRPCClientError } from '@trpc/client';
+import { afterAll, beforeAll, describe, expect, inject, it, vi } from 'vitest';
+import { type AppRouter, createApiClient } from '../../client/index.js';
 import { chatSessions, organizationMembers, organizations, users } from '../../db/schema.js';
+import { clientError } from '../support/errors.js';
+import { watchEvents } from '../support/events.js';
+import { WEBHOOK_SECRET, deliverWebhook, fronteggUser, webhookBody } from '../support/frontegg-webhooks.js';
 import { type Instances, startInstances } from '../support/instances.js';
 
 const INSTANCES = 3;
@@ -14,7 +18,7 @@ describe.skipIf(!inject('databaseUrl'))(`${INSTANCES} instances started at once 
   let database: Instances['database'];
 
   beforeAll(async () => {
-    instances = await startInstances('instances', INSTANCES);
+    instances = await startInstances('instances', INSTANCES, { fronteggWebhookSecret: WEBHOOK_SECRET });
     ({ servers, database } = instances);
   });
   afterAll(() => instances?.close());
@@ -67,5 +71,25 @@ describe.skipIf(!inject('databaseUrl'))(`${INSTANCES} instances started at once 
     const first = await clientOf(0, token).chat.listSessions.query({ limit: 1 });
     const second = await clientOf(2, token).chat.listSessions.query({ limit: 1, cursor: first.nextCursor });
     expect([first.items[0]?.title, second.items[0]?.title]).toEqual(['two', 'one']);
+  });
+
+  it('refuse, within a second, a person whose removal from the tenant one of them acknowledged, and end their streams', async () => {
+    const user = fronteggUser();
+    const token = await instances.idp.mintToken({ claims: { sub: user.id, tenantId: user.tenantId } });
+    // Known to every instance, with a stream open on each.
+    await Promise.all(servers.map((_, index) => clientOf(index, token).me.query()));
+    const streams = servers.map((_, index) => watchEvents(clientOf(index, token)));
+    await Promise.all(streams.map((stream) => stream.connected()));
+
+    expect(await deliverWebhook(servers[0]!.url, webhookBody('frontegg.user.removedFromTenant', user))).toMatchObject({ status: 200 });
+    for (const [index, stream] of streams.entries()) {
+      await vi.waitFor(async () => expect((await clientError(clientOf(index, token).me.query())).data?.code).toBe('FORBIDDEN'), {
+        timeout: 1_000,
+        interval: 10,
+      });
+      await stream.until(() => expect(stream.errors).not.toHaveLength(0), 1_000);
+      expect((stream.errors[0] as TRPCClientError<AppRouter>).data?.code).toBe('FORBIDDEN');
+      stream.close();
+    }
   });
 });

@@ -106,7 +106,8 @@ describe('org.members', () => {
     expect(adminItem).toMatchObject({ email: 'admin@example.com', role: 'admin', isActive: true });
     expect(adminItem.lastSeenAt).toBeInstanceOf(Date);
     expect(items.map((m) => m.role).sort()).toEqual(['admin', 'member', 'member', 'member', 'viewer']);
-    expect(Object.keys(adminItem).sort()).toEqual(['email', 'isActive', 'lastSeenAt', 'name', 'role', 'userId']);
+    expect(Object.keys(adminItem).sort()).toEqual(['deactivatedBy', 'email', 'isActive', 'lastSeenAt', 'name', 'role', 'userId']);
+    expect(adminItem.deactivatedBy).toBeNull();
 
     const all = await caller.org.members();
     expect(all.items.map((m) => m.userId)).toEqual(items.map((m) => m.userId));
@@ -158,12 +159,12 @@ describe('org.members', () => {
   it.each([
     ['member', ['Editor']],
     ['viewer', ['ReadOnly']],
-  ])('answers FORBIDDEN to a %s', async (_, roles) => {
-    await expectTRPCError((await app.as(person(randomUUID(), { roles }))).org.members(), 'FORBIDDEN');
+  ])('answers FORBIDDEN to a %s whose token holds no fe.secure.read.users', async (_, roles) => {
+    await expectTRPCError((await app.as(person(randomUUID(), { roles, permissions: ['fe.connectivity.*'] }))).org.members(), 'FORBIDDEN');
   });
 
   it('takes effect with the next token after a demotion', async () => {
-    const claims = person(randomUUID(), { roles: ['Admin'] });
+    const claims = person(randomUUID(), { roles: ['Admin'], permissions: [] });
     await (await app.as(claims)).org.members();
     await expectTRPCError((await app.as({ ...claims, roles: ['ReadOnly'] })).org.members(), 'FORBIDDEN');
   });

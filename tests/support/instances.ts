@@ -36,14 +36,15 @@ export function productionConfig(url: string, idp: TestIdentityProvider, overrid
 /**
  * `count` instances of the server, started at once as `npm start` starts them in production (each
  * migrates under the advisory lock, then listens), on a new empty database of this run's
- * PostgreSQL, trusting one test identity provider. `database` is a small pool of the test's own on
- * that database. PostgreSQL only: PGlite belongs to a single process.
+ * PostgreSQL, trusting one test identity provider, configured as `productionConfig` with
+ * `overrides`. `database` is a small pool of the test's own on that database. PostgreSQL only:
+ * PGlite belongs to a single process.
  */
-export async function startInstances(prefix: string, count: number) {
+export async function startInstances(prefix: string, count: number, overrides: Partial<Config> = {}) {
   const empty = (await createEmptyDatabase(prefix))!;
   const idp = await startIdentityProvider();
   const log = pino({ level: 'silent' });
-  const config = productionConfig(empty.url, idp);
+  const config = productionConfig(empty.url, idp, overrides);
   const servers = await Promise.all(Array.from({ length: count }, () => startServer(config, log)));
   const database = openDatabase({ kind: 'postgres', url: empty.url, poolSize: 2 });
   return {

@@ -57,6 +57,8 @@ export async function startTestApp(
   const logs: Record<string, unknown>[] = [];
   // The server's own logger (its redaction and error serializer), writing into `logs`.
   const log = createLogger({ level: 'debug', destination: { write: (line: string) => void logs.push(JSON.parse(line)) } });
+  // The production defaults (MEMBER_CACHE_MAX_ENTRIES, MEMBER_CACHE_TTL_SECONDS) unless given.
+  const members = options.members ?? createMemberCache();
   const chatEvents = createChatEventHub({
     db: database.db,
     listen: database.listen,
@@ -65,6 +67,7 @@ export async function startTestApp(
     subscriptionsPerPerson: options.subscriptionsPerPerson ?? DEFAULT_SUBSCRIPTIONS_PER_PERSON,
     subscriptionsPerInstance: options.subscriptionsPerInstance ?? DEFAULT_SUBSCRIPTIONS_PER_INSTANCE,
     membershipCheckMs: options.membershipCheckMs ?? DEFAULT_MEMBER_CACHE.ttlMs,
+    onMembershipChanged: (change) => members.forget(change),
   });
   await chatEvents.start();
   const replies = options.assistant ? startReplyRunner(options.assistant) : undefined;
@@ -93,8 +96,7 @@ export async function startTestApp(
       audience: [idp.audience],
     }),
     cursors: await createSharedCursorCodec(database.db),
-    // The production defaults (MEMBER_CACHE_MAX_ENTRIES, MEMBER_CACHE_TTL_SECONDS) unless given.
-    members: options.members ?? createMemberCache(),
+    members,
     heavyCalls: createInFlightLimit(options.heavyCallsPerPerson ?? DEFAULT_HEAVY_CALLS_PER_PERSON),
     chatEvents,
     replies,

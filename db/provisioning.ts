@@ -289,10 +289,10 @@ function upsertMembership(tx: Database, claims: IdentityClaims, source: Provisio
  * Frontegg deleted the user: every membership of theirs is removed, and any made later (a token
  * still valid in another tenant) is created removed. Their profile and chats are kept (see the
  * README). One transaction; a repeat changes nothing. A user never seen is recorded too, as an id
- * only, so that no token of theirs provisions them afterwards. Returns the organizations whose
- * membership it removed now.
+ * only, so that no token of theirs provisions them afterwards. Returns how many memberships it
+ * removed now.
  */
-export async function markUserDeletedById(db: Database, { userId }: { userId: string }): Promise<string[]> {
+export async function markUserDeletedById(db: Database, { userId }: { userId: string }): Promise<number> {
   return db.transaction(async (tx) => {
     await tx
       .insert(users)
@@ -306,7 +306,7 @@ export async function markUserDeletedById(db: Database, { userId }: { userId: st
       .set({ fronteggRemovedAt: sql`now()`, updatedAt: sql`now()` })
       .where(and(eq(organizationMembers.userId, userId), isNull(organizationMembers.fronteggRemovedAt)))
       .returning({ organizationId: organizationMembers.organizationId });
-    return removed.map((row) => row.organizationId);
+    return removed.length;
   });
 }
 

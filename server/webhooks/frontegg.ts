@@ -32,14 +32,14 @@ const MAX_SIGNATURE_HEADER_BYTES = 8 * 1024;
 const CLOCK_TOLERANCE_SECONDS = 5;
 
 /** Whether the membership is there (`joined`), gone (`removed`), or only its details changed. */
-const membershipEvents: Record<string, MembershipState> = {
-  'frontegg.user.created': 'joined',
-  'frontegg.user.signedUp': 'joined',
-  'frontegg.user.invitedToTenant': 'joined',
-  'frontegg.user.activated': 'joined',
-  'frontegg.user.updated': 'unchanged',
-  'frontegg.user.removedFromTenant': 'removed',
-};
+const membershipEvents = new Map<string, MembershipState>([
+  ['frontegg.user.created', 'joined'],
+  ['frontegg.user.signedUp', 'joined'],
+  ['frontegg.user.invitedToTenant', 'joined'],
+  ['frontegg.user.activated', 'joined'],
+  ['frontegg.user.updated', 'unchanged'],
+  ['frontegg.user.removedFromTenant', 'removed'],
+]);
 
 // In Frontegg's user objects a role is `{ id, key, name }`; a plain key is taken too.
 const roleKey = z.union([identifier(256), z.object({ key: identifier(256) }).transform((role) => role.key)]);
@@ -82,7 +82,7 @@ export function readWebhookEvent(json: unknown): { eventKey: string; action: Web
   const eventKey = z.object({ eventKey: z.string().max(256) }).safeParse(json);
   if (!eventKey.success) throw new UnreadableEventError('The body has no eventKey');
   const key = eventKey.data.eventKey;
-  const membership = membershipEvents[key];
+  const membership = membershipEvents.get(key);
   if (!membership && key !== 'frontegg.user.deleted' && key !== 'frontegg.tenant.deleted') {
     return { eventKey: key, action: { kind: 'ignored' } };
   }
@@ -179,8 +179,9 @@ export function createFronteggWebhookHandler(options: FronteggWebhookOptions) {
     try {
       const outcome = await apply(options.db, action, log.child({ eventKey }));
       if (outcome) {
-        await notifyMembershipChanged(options.db, outcome);
         options.forgetMembers(outcome);
+        // Should this fail, the 503 makes Frontegg deliver again, and a repeat notifies again.
+        await notifyMembershipChanged(options.db, outcome);
       }
       answer(res, 200, { status: outcome ? 'applied' : 'ignored' });
     } catch (error) {
@@ -208,8 +209,8 @@ async function apply(db: Database, action: WebhookAction, log: Logger): Promise<
       return ids;
     }
     case 'user.deleted': {
-      const removedFrom = await markUserDeletedById(db, { userId: action.userId });
-      log.info({ userId: action.userId, membershipsRemoved: removedFrom.length }, 'Frontegg webhook applied: user deleted, profile and chats kept');
+      const removed = await markUserDeletedById(db, { userId: action.userId });
+      log.info({ userId: action.userId, membershipsRemoved: removed }, 'Frontegg webhook applied: user deleted, profile and chats kept');
       return { userId: action.userId };
     }
     case 'tenant.deleted': {

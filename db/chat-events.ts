@@ -3,7 +3,7 @@ import { and, asc, eq, gt, lt, sql } from 'drizzle-orm';
 import { z } from 'zod';
 import type { Message, Session, SessionOwner } from './chat.js';
 import type { Database } from './database.js';
-import { membershipIsActive } from './members.js';
+import { membershipActiveSql } from './members.js';
 import { type ChatEventData, type StoredMessage, type StoredSession, chatEvents, chatMessages, organizationMembers } from './schema.js';
 
 /**
@@ -88,12 +88,13 @@ export function parseNotification(payload: string): Notification | undefined {
 }
 
 /**
- * Tells every instance, this one included, that these memberships changed. Sent after the change
- * committed; the ids fit a notification's 8,000 bytes (identifiers are at most 256 characters).
+ * Tells every instance, this one included, that these memberships changed: PostgreSQL sends it when
+ * the transaction `tx` commits, and drops it if it rolls back. The ids fit a notification's 8,000
+ * bytes (identifiers are at most 256 characters).
  */
-export async function notifyMembershipChanged(db: Database, change: MembershipChange): Promise<void> {
+export async function notifyMembershipChanged(tx: Database, change: MembershipChange): Promise<void> {
   const payload = `members ${JSON.stringify({ userId: change.userId, organizationId: change.organizationId })}`;
-  await db.execute(sql`select pg_notify(${CHAT_EVENTS_CHANNEL}, ${payload})`);
+  await tx.execute(sql`select pg_notify(${CHAT_EVENTS_CHANNEL}, ${payload})`);
 }
 
 export interface EventLog {
@@ -207,7 +208,7 @@ export async function getEventStreamState(
   owner: SessionOwner,
 ): Promise<{ lastEventSeq: number; isActive: boolean } | undefined> {
   const [member] = await db
-    .select({ lastEventSeq: organizationMembers.lastEventSeq, isActive: membershipIsActive })
+    .select({ lastEventSeq: organizationMembers.lastEventSeq, isActive: membershipActiveSql })
     .from(organizationMembers)
     .where(memberIs(owner));
   return member;

@@ -4,19 +4,31 @@ import { type OrganizationMember, organizationMembers, users } from './schema.js
 
 /**
  * Whether a member may use the organization: neither an operator (`is_active = false`) nor
- * Frontegg's webhooks (`frontegg_removed_at`) took them out. In SQL as `membershipIsActive`.
+ * Frontegg's webhooks (`frontegg_removed_at`) took them out. In SQL as `membershipActiveSql`.
  */
 export const isMembershipActive = (membership: Pick<OrganizationMember, 'isActive' | 'fronteggRemovedAt'>) =>
   membership.isActive && membership.fronteggRemovedAt === null;
 
-export const membershipIsActive = sql<boolean>`(${organizationMembers.isActive} and ${organizationMembers.fronteggRemovedAt} is null)`;
+export const membershipActiveSql = sql<boolean>`(${organizationMembers.isActive} and ${organizationMembers.fronteggRemovedAt} is null)`;
 
-/** Who took a member out: Frontegg (removed, or the user or tenant deleted) or an operator. */
+/**
+ * Who took a member out: an operator (whose deactivation outlasts anything Frontegg says, so it is
+ * named first), or Frontegg (removed, or the user or tenant deleted).
+ */
 export type Deactivation = 'frontegg' | 'operator';
 
 export interface MemberPosition {
   createdAt: Date;
   userId: string;
+}
+
+/** The membership of `userId` in `organizationId`, if there is one. */
+export async function getMembershipByIds(db: Database, { userId, organizationId }: { userId: string; organizationId: string }) {
+  const [membership] = await db
+    .select()
+    .from(organizationMembers)
+    .where(and(eq(organizationMembers.userId, userId), eq(organizationMembers.organizationId, organizationId)));
+  return membership;
 }
 
 /**
@@ -33,9 +45,9 @@ export async function getMembersByOrganizationId(
       email: users.email,
       name: users.name,
       role: organizationMembers.role,
-      isActive: membershipIsActive,
-      deactivatedBy: sql<Deactivation | null>`case when ${organizationMembers.fronteggRemovedAt} is not null then 'frontegg'
-        when not ${organizationMembers.isActive} then 'operator' end`,
+      isActive: membershipActiveSql,
+      deactivatedBy: sql<Deactivation | null>`case when not ${organizationMembers.isActive} then 'operator'
+        when ${organizationMembers.fronteggRemovedAt} is not null then 'frontegg' end`,
       lastSeenAt: organizationMembers.lastSeenAt,
       joinedAt: organizationMembers.createdAt,
     })

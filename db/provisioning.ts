@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { and, eq, getTableColumns, isNull, sql } from 'drizzle-orm';
 import type { AnyPgColumn } from 'drizzle-orm/pg-core';
+import { notifyMembershipChanged } from './chat-events.js';
 import type { Database } from './database.js';
 import { isUniqueViolation } from './errors.js';
 import {
@@ -42,7 +43,10 @@ export interface IdentityClaims {
  */
 export type MembershipState = 'joined' | 'removed' | 'unchanged';
 
-/** Who provisions: a person signing in (the default), or a Frontegg webhook, which is no sign-in. */
+/**
+ * Who provisions: a person signing in (the default), or a Frontegg webhook, which is no sign-in and
+ * announces the change to every instance in its transaction (`notifyMembershipChanged`).
+ */
 export type ProvisioningSource = { kind: 'sign-in' } | { kind: 'webhook'; membership: MembershipState };
 
 export interface ProvisionedIdentity {
@@ -105,12 +109,19 @@ export async function provisionIdentity(
   claims: IdentityClaims,
   source: ProvisioningSource = { kind: 'sign-in' },
 ): Promise<ProvisionedIdentity> {
-  const slugs = organizationSlugCandidates(claims.tenantId);
+  return inTransactionWithSlug(db, claims.tenantId, (tx, slug) => provisionInTransaction(tx, claims, slug, source));
+}
+
+/**
+ * Runs `work` in a transaction with the tenant's first slug candidate, then the next ones while
+ * another tenant holds the slug (the organization insert's unique violation rolls it back).
+ */
+async function inTransactionWithSlug<T>(db: Database, tenantId: string, work: (tx: Database, slug: string) => Promise<T>): Promise<T> {
+  const slugs = organizationSlugCandidates(tenantId);
   for (const [attempt, slug] of slugs.entries()) {
     try {
-      return await db.transaction((tx) => provisionInTransaction(tx, claims, slug, source));
+      return await db.transaction((tx) => work(tx, slug));
     } catch (error) {
-      // Another tenant holds this slug; the organization insert rolled the transaction back.
       if (attempt < slugs.length - 1 && isUniqueViolation(error, slugConstraints)) continue;
       throw error;
     }
@@ -128,7 +139,7 @@ async function provisionInTransaction(
   // (prepared, see `Database`). PostgreSQL still runs them in this order, the lock order, and the
   // read sees the organization the insert before it made.
   const [insertedOrganization, [organization], [userRow], [membershipRow]] = await allInOrder([
-    insertOrganization(tx, claims, slug),
+    insertOrganization(tx, { id: claims.tenantId, name: claims.name || claims.email || slug }, slug),
     readOrganization(tx, claims),
     upsertUser(tx, claims, source),
     upsertMembership(tx, claims, source),
@@ -138,6 +149,7 @@ async function provisionInTransaction(
   }
   const { created: userCreated, ...user } = userRow;
   const { created: membershipCreated, ...membership } = membershipRow;
+  if (source.kind === 'webhook') await notifyMembershipChanged(tx, { userId: claims.userId, organizationId: claims.tenantId });
   return {
     organization,
     user,
@@ -170,29 +182,37 @@ const createdNow = sql<boolean>`(xmax = 0)`;
  * name is set on creation only: there is no tenant-name claim, so the first user seen names it.
  * Returns the row only when it inserted one. Another tenant holding `slug` is a unique violation.
  */
-function insertOrganization(tx: Database, claims: IdentityClaims, slug: string) {
+function insertOrganization(tx: Database, { id, name }: { id: string; name: string }, slug: string) {
   return tx
     .insert(organizations)
-    .values({ id: claims.tenantId, name: claims.name || claims.email || slug, slug, s3BucketName: `org-${slug}` })
+    .values({ id, name, slug, s3BucketName: `org-${slug}` })
     .onConflictDoNothing({ target: organizations.id })
     .returning({ id: organizations.id })
     .prepare('insert_organization')
     .execute();
 }
 
+/**
+ * The organization, share-locked against its deletion (`markOrganizationDeletedById`, which locks it
+ * for update): a deletion committed meanwhile is seen here and by the membership insert after it,
+ * or waits for this transaction and then removes the membership it made. Provisionings never wait
+ * for each other on it.
+ */
 function readOrganization(tx: Database, claims: IdentityClaims) {
   return tx
     .select()
     .from(organizations)
     .where(eq(organizations.id, claims.tenantId))
+    .for('key share')
     .prepare('read_organization')
     .execute();
 }
 
 function upsertUser(tx: Database, claims: IdentityClaims, source: ProvisioningSource) {
   // A profile claim present in the token wins, unless the stored profile is newer (a webhook's,
-  // over a token issued before it); an absent claim keeps the stored value.
-  const newer = sql`excluded.profile_as_of >= coalesce(${users.profileAsOf}, '-infinity')`;
+  // over a token issued before it) or Frontegg deleted the user (whose profile is then kept as it
+  // was); an absent claim keeps the stored value.
+  const newer = sql`(excluded.profile_as_of >= coalesce(${users.profileAsOf}, '-infinity') and ${users.fronteggDeletedAt} is null)`;
   const synced = (column: AnyPgColumn, claim: unknown) =>
     claim === undefined ? sql`${column}` : sql`case when ${newer} then ${sql.raw(`excluded.${column.name}`)} else ${column} end`;
   const next = {
@@ -225,7 +245,8 @@ function upsertUser(tx: Database, claims: IdentityClaims, source: ProvisioningSo
         profileAsOf: sql`greatest(${users.profileAsOf}, excluded.profile_as_of)`,
         // At most one last_login write a minute per user; a webhook is no login.
         lastLogin: signIn
-          ? sql`case when ${users.lastLogin} > now() - interval '1 minute' then ${users.lastLogin} else now() end`
+          ? sql`case when ${users.lastLogin} > now() - interval '1 minute' or ${users.fronteggDeletedAt} is not null
+              then ${users.lastLogin} else now() end`
           : sql`${users.lastLogin}`,
         updatedAt: sql`case when (${sql.join(stored, sql`, `)}) is distinct from
           (${sql.join(Object.values(next), sql`, `)}) then now() else ${users.updatedAt} end`,
@@ -306,26 +327,58 @@ export async function markUserDeletedById(db: Database, { userId }: { userId: st
       .set({ fronteggRemovedAt: sql`now()`, updatedAt: sql`now()` })
       .where(and(eq(organizationMembers.userId, userId), isNull(organizationMembers.fronteggRemovedAt)))
       .returning({ organizationId: organizationMembers.organizationId });
+    await notifyMembershipChanged(tx, { userId });
     return removed.length;
   });
 }
 
 /**
- * Frontegg deleted the tenant: every membership of the organization is removed, and any made later
- * is created removed. Its chats are kept. One transaction; a repeat changes nothing. An
- * organization never seen has nothing to remove. Returns how many memberships it removed now.
+ * Frontegg deleted the tenant: every membership of the organization is removed (as of the
+ * deletion's time), and any made later is created removed, until Frontegg creates the tenant again
+ * (`restoreOrganizationById`). An organization never seen is recorded as deleted, so that no
+ * still-valid token provisions it. One transaction; a repeat changes nothing. Returns how many
+ * memberships it removed now.
  */
 export async function markOrganizationDeletedById(db: Database, { organizationId }: { organizationId: string }): Promise<number> {
-  return db.transaction(async (tx) => {
-    await tx
+  return inTransactionWithSlug(db, organizationId, async (tx, slug) => {
+    await insertOrganization(tx, { id: organizationId, name: slug }, slug);
+    // Waits for provisionings under way in it (see `readOrganization`), and holds off new ones.
+    await tx.select({ id: organizations.id }).from(organizations).where(eq(organizations.id, organizationId)).for('update');
+    const [organization] = await tx
       .update(organizations)
       .set({ fronteggDeletedAt: sql`coalesce(${organizations.fronteggDeletedAt}, now())` })
-      .where(eq(organizations.id, organizationId));
+      .where(eq(organizations.id, organizationId))
+      .returning({ deletedAt: organizations.fronteggDeletedAt });
     const removed = await tx
       .update(organizationMembers)
-      .set({ fronteggRemovedAt: sql`now()`, updatedAt: sql`now()` })
+      .set({ fronteggRemovedAt: organization!.deletedAt, updatedAt: sql`now()` })
       .where(and(eq(organizationMembers.organizationId, organizationId), isNull(organizationMembers.fronteggRemovedAt)))
       .returning({ userId: organizationMembers.userId });
+    await notifyMembershipChanged(tx, { organizationId });
     return removed.length;
+  });
+}
+
+/**
+ * Frontegg created the tenant: one it had deleted is back (Frontegg reactivates a tenant created
+ * again with its id), and so are the memberships its deletion removed; those removed on their own
+ * stay removed. Nothing for an organization that was not deleted. Returns how many memberships came back.
+ */
+export async function restoreOrganizationById(db: Database, { organizationId }: { organizationId: string }): Promise<number> {
+  return db.transaction(async (tx) => {
+    const [organization] = await tx
+      .select({ deletedAt: organizations.fronteggDeletedAt })
+      .from(organizations)
+      .where(eq(organizations.id, organizationId))
+      .for('update');
+    if (!organization?.deletedAt) return 0;
+    const restored = await tx
+      .update(organizationMembers)
+      .set({ fronteggRemovedAt: null, updatedAt: sql`now()` })
+      .where(and(eq(organizationMembers.organizationId, organizationId), eq(organizationMembers.fronteggRemovedAt, organization.deletedAt)))
+      .returning({ userId: organizationMembers.userId });
+    await tx.update(organizations).set({ fronteggDeletedAt: null }).where(eq(organizations.id, organizationId));
+    await notifyMembershipChanged(tx, { organizationId });
+    return restored.length;
   });
 }

@@ -31,7 +31,7 @@ export const organizations = pgTable(
     name: text('name').notNull(),
     slug: text('slug').notNull().unique(),
     s3BucketName: text('s3_bucket_name').notNull().unique(),
-    /** When Frontegg said the tenant was deleted (`frontegg.tenant.deleted`): final, ids are never reused. */
+    /** When Frontegg said the tenant was deleted (`frontegg.tenant.deleted`); cleared when it creates the tenant again. */
     fronteggDeletedAt: timestampMs('frontegg_deleted_at'),
     createdAt: createdAt(),
     updatedAt: updatedAt(),

@@ -189,21 +189,17 @@ export const protectedProcedure = checkingInputFirst(t.procedure as unknown as C
 
 /**
  * `protectedProcedure` for callers whose token holds `permission` (a key ending in `.*` grants
- * every key under it, see `hasPermission`), or whose role in the organization is `orRole`.
- * Anyone else: FORBIDDEN, naming the permission.
+ * every key under it, see `hasPermission`), or whose role in the organization is `role`: either
+ * one lets them in. Anyone else: FORBIDDEN, naming what is required.
  */
-export function requiringPermission(permission: string, { orRole }: { orRole?: MemberRole } = {}) {
+export function requiring({ permission, role }: { permission?: string; role?: MemberRole }) {
+  const required = [permission && `the permission "${permission}"`, role && `the ${role} role in the organization`];
+  const message = `This requires ${required.filter(Boolean).join(' or ')}`;
   return protectedProcedure.use(({ ctx, next }) => {
-    if (hasPermission(ctx.auth.permissions, permission) || ctx.membership.role === orRole) return next();
-    const alternative = orRole ? ` or the ${orRole} role in the organization` : '';
-    throw new TRPCError({ code: 'FORBIDDEN', message: `This requires the permission "${permission}"${alternative}` });
+    if ((permission !== undefined && hasPermission(ctx.auth.permissions, permission)) || ctx.membership.role === role) return next();
+    throw new TRPCError({ code: 'FORBIDDEN', message });
   });
 }
 
-/** `protectedProcedure`, for admins of the organization only: the one middleware they add. */
-export const adminProcedure = protectedProcedure.use(({ ctx, next }) => {
-  if (ctx.membership.role !== 'admin') {
-    throw new TRPCError({ code: 'FORBIDDEN', message: 'This requires the admin role in the organization' });
-  }
-  return next();
-});
+/** `protectedProcedure`, for admins of the organization only. */
+export const adminProcedure = requiring({ role: 'admin' });

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { getMembersByOrganizationId } from '../../db/members.js';
 import { getUsageByOrganization } from '../../db/replies.js';
-import { adminProcedure, requiringPermission, router } from '../trpc.js';
+import { adminProcedure, requiring, router } from '../trpc.js';
 
 /** Where a page of usage ends, and the period it is of (a default `to` is the time of the first page). */
 const usageCursor = z.object({
@@ -30,7 +30,7 @@ export const orgRouter = router({
    * holds `fe.secure.read.users` (Frontegg's permission to read users). `isActive` is false for a
    * member Frontegg removed or an operator deactivated; `deactivatedBy` says which.
    */
-  members: requiringPermission('fe.secure.read.users', { orRole: 'admin' })
+  members: requiring({ permission: 'fe.secure.read.users', role: 'admin' })
     .meta({ heavy: true })
     .input(
       z

@@ -2,15 +2,17 @@ import type http from 'node:http';
 import { errors as joseErrors, jwtVerify } from 'jose';
 import getRawBody from 'raw-body';
 import { z } from 'zod';
-import { type MembershipChange, notifyMembershipChanged } from '../../db/chat-events.js';
+import type { MembershipChange } from '../../db/chat-events.js';
 import type { Database } from '../../db/database.js';
 import { isDatabaseUnavailable } from '../../db/errors.js';
+import { getMembershipByIds } from '../../db/members.js';
 import {
   type IdentityClaims,
   type MembershipState,
   markOrganizationDeletedById,
   markUserDeletedById,
   provisionIdentity,
+  restoreOrganizationById,
 } from '../../db/provisioning.js';
 import { displayText, emailAddress, identifier, pictureUrl } from '../auth/access-token.js';
 import type { Logger } from '../logger.js';
@@ -25,6 +27,8 @@ export interface FronteggWebhookOptions {
    */
   forgetMembers: (change: MembershipChange) => void;
 }
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
 
 /** Frontegg's bodies are a few kilobytes; anything far larger is refused unread. */
 export const MAX_WEBHOOK_BODY_BYTES = 64 * 1024;
@@ -67,8 +71,13 @@ type WebhookBody = z.infer<typeof webhookBody>;
 export type WebhookAction =
   | { kind: 'membership'; claims: IdentityClaims; membership: MembershipState }
   | { kind: 'user.deleted'; userId: string }
-  | { kind: 'tenant.deleted'; organizationId: string }
+  | { kind: 'tenant.deleted' | 'tenant.created'; organizationId: string }
   | { kind: 'ignored' };
+
+const tenantEvents = new Map<string, 'tenant.deleted' | 'tenant.created'>([
+  ['frontegg.tenant.deleted', 'tenant.deleted'],
+  ['frontegg.tenant.created', 'tenant.created'],
+]);
 
 /** A delivery that is authentic but cannot be applied: answered 400, and Frontegg shows it failed. */
 class UnreadableEventError extends Error {}
@@ -83,9 +92,8 @@ export function readWebhookEvent(json: unknown): { eventKey: string; action: Web
   if (!eventKey.success) throw new UnreadableEventError('The body has no eventKey');
   const key = eventKey.data.eventKey;
   const membership = membershipEvents.get(key);
-  if (!membership && key !== 'frontegg.user.deleted' && key !== 'frontegg.tenant.deleted') {
-    return { eventKey: key, action: { kind: 'ignored' } };
-  }
+  const tenantEvent = tenantEvents.get(key);
+  if (!membership && !tenantEvent && key !== 'frontegg.user.deleted') return { eventKey: key, action: { kind: 'ignored' } };
   const parsed = webhookBody.safeParse(json);
   if (!parsed.success) {
     throw new UnreadableEventError(`Invalid fields: ${parsed.error.issues.map((issue) => issue.path.join('.')).join(', ')}`);
@@ -93,33 +101,39 @@ export function readWebhookEvent(json: unknown): { eventKey: string; action: Web
   const body = parsed.data;
   const userId = userIdOf(body);
   const tenantId = body.eventContext?.tenantId;
-  if (key === 'frontegg.tenant.deleted') {
+  if (tenantEvent) {
     if (!tenantId) throw new UnreadableEventError('eventContext.tenantId is required');
-    return { eventKey: key, action: { kind: 'tenant.deleted', organizationId: tenantId } };
+    return { eventKey: key, action: { kind: tenantEvent, organizationId: tenantId } };
   }
   if (!userId) throw new UnreadableEventError('user.id or eventContext.userId is required');
   if (key === 'frontegg.user.deleted') return { eventKey: key, action: { kind: 'user.deleted', userId } };
   // A removal names the tenant the person left in its context; `user.tenantId` may be another of theirs.
   const tenant = tenantId ?? (membership === 'removed' ? undefined : body.user?.tenantId);
   if (!tenant) throw new UnreadableEventError('eventContext.tenantId is required');
-  return { eventKey: key, action: { kind: 'membership', claims: claimsOf(body, userId, tenant), membership: membership! } };
+  const claims = claimsOf(body, userId, tenant, membership === 'unchanged');
+  return { eventKey: key, action: { kind: 'membership', claims, membership: membership! } };
 }
 
+/**
+ * Whom the event is about: the user object's id, else `eventContext.userId` (*inferred*: the docs
+ * call that field optional without saying whether it can name the admin who made the change).
+ */
 function userIdOf({ user, eventContext }: WebhookBody): string | undefined {
-  if (user && eventContext?.userId && user.id !== eventContext.userId) {
-    throw new UnreadableEventError('user.id and eventContext.userId differ');
-  }
-  return eventContext?.userId ?? user?.id;
+  return user?.id ?? eventContext?.userId ?? undefined;
 }
 
 /**
  * The claims provisioning writes, as the event's user object has them (absent: kept). The roles
- * are taken only for the tenant the user object is of (*inferred*: Frontegg's docs do not say
- * which tenant a user's `roles` describe when a user is in several).
+ * are taken only when the user object is of the event's tenant (*inferred*: Frontegg's docs do not
+ * say which tenant a user's `roles` describe when a user is in several).
+ *
+ * Only `frontegg.user.updated` says what changed: its claims count as of its arrival (plus the
+ * clock skew tokens are allowed), newer than any token issued before. The other events' user
+ * objects are snapshots of their own moment, often with no roles yet (a sign-up, an invitation), so
+ * they count as of no time: they fill in a new row, and never overwrite what a token or an update wrote.
  */
-function claimsOf({ user }: WebhookBody, userId: string, tenantId: string): IdentityClaims {
+function claimsOf({ user }: WebhookBody, userId: string, tenantId: string, changed: boolean): IdentityClaims {
   if (!user) return { userId, tenantId };
-  const rolesOfThisTenant = !user.tenantId || user.tenantId === tenantId;
   return {
     userId,
     tenantId,
@@ -127,16 +141,16 @@ function claimsOf({ user }: WebhookBody, userId: string, tenantId: string): Iden
     name: user.name,
     avatarUrl: user.profilePictureUrl,
     emailVerified: user.verified ?? undefined,
-    roles: rolesOfThisTenant ? (user.roles ?? undefined) : undefined,
-    // Frontegg sends no time of the change: it is taken as now, newer than any token issued before.
-    asOf: new Date(),
+    roles: user.tenantId === tenantId ? (user.roles ?? undefined) : undefined,
+    asOf: changed ? new Date(Date.now() + CLOCK_TOLERANCE_SECONDS * 1000) : undefined,
   };
 }
 
 /**
  * `POST /webhooks/frontegg`: checks the delivery (the `x-webhook-secret` header is a JWT signed
  * with HS256 with the webhook's secret; an `exp` in it is honoured), applies the event in one
- * transaction, tells every instance which memberships changed, and only then answers 200. Any
+ * transaction that also tells every instance which memberships changed, forgets them here, and
+ * only then answers 200. Any
  * doubt about the delivery answers 401 and changes nothing; Frontegg counts any 4xx as failed.
  */
 export function createFronteggWebhookHandler(options: FronteggWebhookOptions) {
@@ -161,8 +175,9 @@ export function createFronteggWebhookHandler(options: FronteggWebhookOptions) {
 
     let json: unknown;
     try {
-      const text = await getRawBody(req, { length: req.headers['content-length'], limit: MAX_WEBHOOK_BODY_BYTES, encoding: 'utf8' });
-      json = JSON.parse(text);
+      const body = await getRawBody(req, { length: req.headers['content-length'], limit: MAX_WEBHOOK_BODY_BYTES });
+      // Strict: invalid UTF-8 would otherwise become U+FFFD, and two ids differing there one id.
+      json = JSON.parse(utf8.decode(body));
     } catch (error) {
       return refuse((error as { type?: unknown }).type === 'entity.too.large' ? 'body_too_large' : 'body_not_json');
     }
@@ -177,12 +192,9 @@ export function createFronteggWebhookHandler(options: FronteggWebhookOptions) {
     }
     const { eventKey, action } = event;
     try {
+      // Other instances hear of the change from its transaction; this one forgets before answering.
       const outcome = await apply(options.db, action, log.child({ eventKey }));
-      if (outcome) {
-        options.forgetMembers(outcome);
-        // Should this fail, the 503 makes Frontegg deliver again, and a repeat notifies again.
-        await notifyMembershipChanged(options.db, outcome);
-      }
+      if (outcome) options.forgetMembers(outcome);
       answer(res, 200, { status: outcome ? 'applied' : 'ignored' });
     } catch (error) {
       const unavailable = isDatabaseUnavailable(error);
@@ -200,6 +212,11 @@ async function apply(db: Database, action: WebhookAction, log: Logger): Promise<
       return undefined;
     case 'membership': {
       const { claims, membership } = action;
+      // An update syncs a membership this service has; it is not one of the events that add people.
+      if (membership === 'unchanged' && !(await getMembershipByIds(db, { userId: claims.userId, organizationId: claims.tenantId }))) {
+        log.info({ userId: claims.userId, organizationId: claims.tenantId }, 'Frontegg webhook ignored: no such membership here');
+        return undefined;
+      }
       const { user, organization, membership: row, created } = await provisionIdentity(db, claims, { kind: 'webhook', membership });
       const ids = { userId: user.id, organizationId: organization.id };
       log.info(
@@ -216,6 +233,11 @@ async function apply(db: Database, action: WebhookAction, log: Logger): Promise<
     case 'tenant.deleted': {
       const removed = await markOrganizationDeletedById(db, { organizationId: action.organizationId });
       log.info({ organizationId: action.organizationId, membershipsRemoved: removed }, 'Frontegg webhook applied: tenant deleted, chats kept');
+      return { organizationId: action.organizationId };
+    }
+    case 'tenant.created': {
+      const restored = await restoreOrganizationById(db, { organizationId: action.organizationId });
+      log.info({ organizationId: action.organizationId, membershipsRestored: restored }, 'Frontegg webhook applied: tenant created');
       return { organizationId: action.organizationId };
     }
   }

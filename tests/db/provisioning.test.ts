@@ -1,10 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import { eq, inArray, sql } from 'drizzle-orm';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { DatabaseHandle } from '../../db/database.js';
 import {
   type IdentityClaims,
   mapFronteggRoles,
+  markOrganizationDeletedById,
   organizationSlugCandidates,
   provisionIdentity,
 } from '../../db/provisioning.js';
@@ -303,5 +304,33 @@ describe('provisionIdentity', () => {
       await expect(provisionIdentity(database.db, claims)).rejects.toThrow();
     });
     expect(await countRows(claims.tenantId, [claims.userId])).toEqual({ organizations: 0, users: 0, memberships: 0 });
+  });
+});
+
+// Two connections at once: PGlite runs one transaction at a time, so the race exists on PostgreSQL only.
+describe.skipIf(!inject('databaseUrl'))('a tenant deleted while a member is being provisioned', () => {
+  it.each([
+    ['a first sign-in', { kind: 'sign-in' } as const],
+    ['an invitation (webhook)', { kind: 'webhook', membership: 'joined' } as const],
+  ])('leaves removed the membership that %s was still making when the deletion came', async (_, source) => {
+    const claims = identity();
+    await provisionIdentity(database.db, { ...claims, userId: randomUUID() });
+    // PostgreSQL holds the provisioning open right after it inserted the membership.
+    const name = `slow_membership_${randomUUID().replaceAll('-', '')}`;
+    await database.db.execute(
+      sql.raw(`create function ${name}() returns trigger language plpgsql as $$
+        begin if new.user_id = '${claims.userId}' then perform pg_sleep(0.3); end if; return new; end $$`),
+    );
+    await database.db.execute(sql.raw(`create trigger ${name} after insert on organization_members for each row execute function ${name}()`));
+    try {
+      const provisioning = provisionIdentity(database.db, claims, source);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      await markOrganizationDeletedById(database.db, { organizationId: claims.tenantId });
+      await provisioning;
+    } finally {
+      await database.db.execute(sql.raw(`drop trigger ${name} on organization_members; drop function ${name}()`));
+    }
+    const [membership] = await database.db.select().from(organizationMembers).where(eq(organizationMembers.userId, claims.userId));
+    expect(membership?.fronteggRemovedAt).toBeInstanceOf(Date);
   });
 });

@@ -1,9 +1,11 @@
 import { randomUUID } from 'node:crypto';
+import { eq } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import type { ChatEvent } from '../../db/chat-events.js';
+import { type ChatEvent, type MembershipChange, notifyMembershipChanged } from '../../db/chat-events.js';
 import { addMessageToSession, getOrCreateActiveSession } from '../../db/chat.js';
 import { type DatabaseHandle, openDatabase } from '../../db/database.js';
 import { provisionIdentity } from '../../db/provisioning.js';
+import { organizationMembers } from '../../db/schema.js';
 import { type ChatEventHub, createChatEventHub } from '../../server/chat-events.js';
 import { createLogger } from '../../server/logger.js';
 import { type ProxyState, startTcpProxy } from '../support/tcp-proxy.js';
@@ -17,6 +19,7 @@ describe.skipIf(!databaseUrl)('the LISTEN connection behind chat.events', () => 
   let database: DatabaseHandle;
   let hub: ChatEventHub;
   const logs: { msg?: string }[] = [];
+  const membershipChanges: MembershipChange[] = [];
 
   beforeAll(async () => {
     const url = new URL(databaseUrl!);
@@ -33,6 +36,7 @@ describe.skipIf(!databaseUrl)('the LISTEN connection behind chat.events', () => 
       subscriptionsPerInstance: 100,
       membershipCheckMs: 60_000,
       listenerHeartbeatMs: HEARTBEAT_MS,
+      onMembershipChanged: (change) => void membershipChanges.push(change),
     });
     await hub.start();
   });
@@ -78,5 +82,32 @@ describe.skipIf(!databaseUrl)('the LISTEN connection behind chat.events', () => 
     expect(await after).toMatchObject({ type: 'message.created', message: { content: 'after' } });
     controller.abort();
     await events.return?.(undefined);
+  }, 30_000);
+
+  it('forgets every remembered membership when it listens again, and ends the stream of a member removed while it could not hear', async () => {
+    const { organization, user } = await provisionIdentity(database.db, { userId: randomUUID(), tenantId: randomUUID() });
+    const owner = { userId: user.id, organizationId: organization.id };
+    const controller = new AbortController();
+    const events = (
+      await hub.subscribe({ owner, lastEventId: null, expiresAt: new Date(Date.now() + 60_000), signal: controller.signal })
+    )[Symbol.asyncIterator]();
+    const ended = events.next().then(
+      () => 'no error',
+      (error: { code?: string }) => error.code,
+    );
+
+    proxy.setState('cut');
+    // Removed, as a webhook does it on another instance: the notification is lost to this one.
+    await database.db.transaction(async (tx) => {
+      await tx.update(organizationMembers).set({ fronteggRemovedAt: new Date() }).where(eq(organizationMembers.userId, user.id));
+      await notifyMembershipChanged(tx, owner);
+    });
+    await new Promise((resolve) => setTimeout(resolve, 5 * HEARTBEAT_MS));
+    const before = membershipChanges.length;
+    proxy.setState('up');
+
+    expect(await ended).toBe('FORBIDDEN');
+    expect(membershipChanges.slice(before)).toContainEqual({});
+    controller.abort();
   }, 30_000);
 });

@@ -101,8 +101,8 @@ const slugConstraints = ['organizations_slug_unique', 'organizations_s3_bucket_n
  * Creates or syncs the organization, user and membership of a verified identity in one short
  * transaction. Every statement is idempotent, so concurrent first requests converge on the same
  * rows without errors; rows are locked in the order organization, user, membership, so concurrent
- * provisioning cannot deadlock. A membership is created removed (`fronteggRemovedAt`) when Frontegg
- * deleted the user or the tenant: deletion is final.
+ * provisioning cannot deadlock. A membership is created removed (`fronteggRemovedAt`) while Frontegg
+ * has the user or the tenant deleted.
  */
 export async function provisionIdentity(
   db: Database,

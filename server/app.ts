@@ -72,6 +72,7 @@ export async function openServerDeps(config: Config, log: Logger, observers: Ser
     idleTimeoutMs: config.idleTimeoutMs,
     maxConnections: config.maxConnections,
     fronteggWebhookSecret: config.fronteggWebhookSecret,
+    corsOrigins: config.corsOrigins,
   };
   return { deps, database, sweeper };
 }

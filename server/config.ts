@@ -89,6 +89,15 @@ const envSchema = z.object({
   LLM_CONTEXT_MAX_MESSAGES: wholeNumber(20, 1, 1_000),
   LLM_CONTEXT_MAX_CHARACTERS: wholeNumber(48_000, 1_000, 10_000_000),
   LLM_REPLY_LEASE_SECONDS: wholeNumber(DEFAULT_REPLY_LEASE_MS / 1000, 3, 3_600),
+  CORS_ORIGINS: optionalString.transform((value, context) => {
+    const origins = value?.split(',').map((entry) => entry.trim()).filter(Boolean) ?? [];
+    const bad = origins.find((origin) => !URL.canParse(origin) || new URL(origin).origin !== origin);
+    if (bad !== undefined) {
+      context.addIssue({ code: 'custom', message: `must list exact origins (scheme://host[:port], no path or trailing slash), comma-separated; "${bad}" is not one` });
+      return z.NEVER;
+    }
+    return origins;
+  }),
   PORT: optionalString.default('3000').pipe(
     z.coerce
       .number<string>({ error: 'must be a port number (0-65535)' })
@@ -137,6 +146,8 @@ export interface Config {
   idleTimeoutMs: number;
   /** Connections open at once. */
   maxConnections: number;
+  /** Origins whose pages may call the API from a browser; empty: none. */
+  corsOrigins: string[];
 }
 
 export type AssistantConfig =
@@ -197,6 +208,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     host: vars.HOST,
     idleTimeoutMs: vars.HTTP_IDLE_TIMEOUT_SECONDS * 1000,
     maxConnections: vars.HTTP_MAX_CONNECTIONS,
+    corsOrigins: vars.CORS_ORIGINS,
   };
 }
 

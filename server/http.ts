@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import http from 'node:http';
+import cors from 'cors';
 import type { TRPCError } from '@trpc/server';
 import { getHTTPStatusCodeFromError } from '@trpc/server/http';
 import { createHTTPHandler } from '@trpc/server/adapters/standalone';
@@ -24,6 +25,8 @@ export interface HttpServerDeps extends ServerDeps {
   maxConnections?: number;
   /** The secret of Frontegg's webhook (`FRONTEGG_WEBHOOK_SECRET`); without it `/webhooks/frontegg` is 404. */
   fronteggWebhookSecret?: string | undefined;
+  /** Origins whose pages may call `/trpc` (`CORS_ORIGINS`); none: no cross-origin access. */
+  corsOrigins?: readonly string[] | undefined;
 }
 
 const READINESS_TIMEOUT_MS = 2_000;
@@ -69,6 +72,18 @@ export function createHttpServer(deps: HttpServerDeps): http.Server {
     ? createFronteggWebhookHandler({ db: deps.db, secret, forgetMembers: (change) => deps.members.forget(change) })
     : undefined;
 
+  // Browsers preflight every call: the token travels in `Authorization`, batches as JSON, and an
+  // EventSource that reconnects sends `Last-Event-ID`. The response's request id is readable.
+  const allowCrossOrigin = deps.corsOrigins?.length
+    ? cors({
+        origin: [...deps.corsOrigins],
+        methods: ['GET', 'POST'],
+        allowedHeaders: ['Authorization', 'Content-Type', 'Last-Event-ID'],
+        exposedHeaders: ['x-request-id'],
+        maxAge: 600,
+      })
+    : undefined;
+
   const server = http.createServer({ connectionsCheckingInterval: LIMITS_CHECKED_EVERY_MS }, (req, res) => {
     const incoming = req.headers['x-request-id'];
     const requestId = typeof incoming === 'string' && requestIdPattern.test(incoming) ? incoming : randomUUID();
@@ -83,7 +98,10 @@ export function createHttpServer(deps: HttpServerDeps): http.Server {
     const url = req.url ?? '/';
     const queryAt = url.indexOf('?');
     const pathname = queryAt === -1 ? url : url.slice(0, queryAt);
-    if (pathname.startsWith('/trpc/')) return trpcHandler(req, res);
+    if (pathname.startsWith('/trpc/')) {
+      if (!allowCrossOrigin) return trpcHandler(req, res);
+      return allowCrossOrigin(req, res, () => void trpcHandler(req, res));
+    }
     if (pathname === '/healthz') return sendJson(res, 200, { status: 'ok' });
     if (pathname === '/webhooks/frontegg' && fronteggWebhook) {
       const log = requestLog(req);

@@ -34,6 +34,7 @@ describe('loadConfig', () => {
       host: '127.0.0.1',
       idleTimeoutMs: 30_000,
       maxConnections: 10_000,
+      corsOrigins: [],
     });
   });
 
@@ -62,6 +63,10 @@ describe('loadConfig', () => {
       lockTimeoutMs: 2_000,
     });
     expect([config.port, config.host]).toEqual([8080, '0.0.0.0']);
+  });
+
+  it('splits CORS_ORIGINS into exact origins', () => {
+    expect(loadConfig({ CORS_ORIGINS: 'http://localhost:5173, https://chat.example.com' }).corsOrigins).toEqual(['http://localhost:5173', 'https://chat.example.com']);
   });
 
   it('takes the webhook secret as set', () => {
@@ -176,6 +181,8 @@ describe('loadConfig', () => {
     [{ FRONTEGG_AUDIENCE: 'client-a' }, /FRONTEGG_BASE_URL is required \(or both/],
     [{ NODE_ENV: 'production' }, /FRONTEGG_BASE_URL is required when NODE_ENV=production/],
     [{ LOG_LEVEL: 'loud' }, /^Invalid configuration: LOG_LEVEL /],
+    [{ CORS_ORIGINS: 'https://app.example.com/' }, /^Invalid configuration: CORS_ORIGINS must list exact origins/],
+    [{ CORS_ORIGINS: 'https://app.example.com, app.example.com' }, /"app.example.com" is not one/],
     [{ FRONTEGG_WEBHOOK_SECRET: 'short-secret' }, /^Invalid configuration: FRONTEGG_WEBHOOK_SECRET must be at least 16 characters/],
     [
       { FRONTEGG_BASE_URL: 'https://app-abc.frontegg.com', FRONTEGG_AUDIENCE: ' , ,' },

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { and, eq, getTableColumns, isNull, sql } from 'drizzle-orm';
+import { and, eq, getTableColumns, isNotNull, isNull, sql } from 'drizzle-orm';
 import type { AnyPgColumn } from 'drizzle-orm/pg-core';
 import { notifyMembershipChanged } from './chat-events.js';
 import type { Database } from './database.js';
@@ -194,16 +194,16 @@ function insertOrganization(tx: Database, { id, name }: { id: string; name: stri
 
 /**
  * The organization, share-locked against its deletion (`markOrganizationDeletedById`, which locks it
- * for update): a deletion committed meanwhile is seen here and by the membership insert after it,
- * or waits for this transaction and then removes the membership it made. Provisionings never wait
- * for each other on it.
+ * for no key update): a deletion committed meanwhile is seen here and by the membership insert
+ * after it, or waits for this transaction and then removes the membership it made. Provisionings
+ * never wait for each other on it.
  */
 function readOrganization(tx: Database, claims: IdentityClaims) {
   return tx
     .select()
     .from(organizations)
     .where(eq(organizations.id, claims.tenantId))
-    .for('key share')
+    .for('share')
     .prepare('read_organization')
     .execute();
 }
@@ -333,25 +333,24 @@ export async function markUserDeletedById(db: Database, { userId }: { userId: st
 }
 
 /**
- * Frontegg deleted the tenant: every membership of the organization is removed (as of the
- * deletion's time), and any made later is created removed, until Frontegg creates the tenant again
- * (`restoreOrganizationById`). An organization never seen is recorded as deleted, so that no
+ * Frontegg deleted the tenant: every membership of the organization is removed, and any made later
+ * is created removed, until Frontegg creates the tenant again (`restoreOrganizationById`). An organization never seen is recorded as deleted, so that no
  * still-valid token provisions it. One transaction; a repeat changes nothing. Returns how many
  * memberships it removed now.
  */
 export async function markOrganizationDeletedById(db: Database, { organizationId }: { organizationId: string }): Promise<number> {
   return inTransactionWithSlug(db, organizationId, async (tx, slug) => {
     await insertOrganization(tx, { id: organizationId, name: slug }, slug);
-    // Waits for provisionings under way in it (see `readOrganization`), and holds off new ones.
-    await tx.select({ id: organizations.id }).from(organizations).where(eq(organizations.id, organizationId)).for('update');
-    const [organization] = await tx
+    // Waits for provisionings under way in it (see `readOrganization`), and holds off new ones;
+    // not foreign-key checks (a reply's usage row), which would deadlock with a chat write.
+    await tx.select({ id: organizations.id }).from(organizations).where(eq(organizations.id, organizationId)).for('no key update');
+    await tx
       .update(organizations)
       .set({ fronteggDeletedAt: sql`coalesce(${organizations.fronteggDeletedAt}, now())` })
-      .where(eq(organizations.id, organizationId))
-      .returning({ deletedAt: organizations.fronteggDeletedAt });
+      .where(eq(organizations.id, organizationId));
     const removed = await tx
       .update(organizationMembers)
-      .set({ fronteggRemovedAt: organization!.deletedAt, updatedAt: sql`now()` })
+      .set({ fronteggRemovedAt: sql`now()`, updatedAt: sql`now()` })
       .where(and(eq(organizationMembers.organizationId, organizationId), isNull(organizationMembers.fronteggRemovedAt)))
       .returning({ userId: organizationMembers.userId });
     await notifyMembershipChanged(tx, { organizationId });
@@ -360,25 +359,19 @@ export async function markOrganizationDeletedById(db: Database, { organizationId
 }
 
 /**
- * Frontegg created the tenant: one it had deleted is back (Frontegg reactivates a tenant created
- * again with its id), and so are the memberships its deletion removed; those removed on their own
- * stay removed. Nothing for an organization that was not deleted. Returns how many memberships came back.
+ * Frontegg created the tenant: if it had been deleted here (Frontegg reactivates a tenant created
+ * again with its id), the organization takes new members again. Those its deletion removed stay
+ * removed until Frontegg invites or activates them again: a creation delivered late must not bring
+ * back everyone a deletion removed. Returns whether it was deleted.
  */
-export async function restoreOrganizationById(db: Database, { organizationId }: { organizationId: string }): Promise<number> {
+export async function restoreOrganizationById(db: Database, { organizationId }: { organizationId: string }): Promise<boolean> {
   return db.transaction(async (tx) => {
-    const [organization] = await tx
-      .select({ deletedAt: organizations.fronteggDeletedAt })
-      .from(organizations)
-      .where(eq(organizations.id, organizationId))
-      .for('update');
-    if (!organization?.deletedAt) return 0;
     const restored = await tx
-      .update(organizationMembers)
-      .set({ fronteggRemovedAt: null, updatedAt: sql`now()` })
-      .where(and(eq(organizationMembers.organizationId, organizationId), eq(organizationMembers.fronteggRemovedAt, organization.deletedAt)))
-      .returning({ userId: organizationMembers.userId });
-    await tx.update(organizations).set({ fronteggDeletedAt: null }).where(eq(organizations.id, organizationId));
+      .update(organizations)
+      .set({ fronteggDeletedAt: null })
+      .where(and(eq(organizations.id, organizationId), isNotNull(organizations.fronteggDeletedAt)))
+      .returning({ id: organizations.id });
     await notifyMembershipChanged(tx, { organizationId });
-    return restored.length;
+    return restored.length > 0;
   });
 }

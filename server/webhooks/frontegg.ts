@@ -115,8 +115,8 @@ export function readWebhookEvent(json: unknown): { eventKey: string; action: Web
 }
 
 /**
- * Whom the event is about: the user object's id, else `eventContext.userId` (*inferred*: the docs
- * call that field optional without saying whether it can name the admin who made the change).
+ * Whom the event is about: the user object's id, else `eventContext.userId` (the same user in
+ * Frontegg's sample; the docs only call it optional).
  */
 function userIdOf({ user, eventContext }: WebhookBody): string | undefined {
   return user?.id ?? eventContext?.userId ?? undefined;
@@ -134,6 +134,8 @@ function userIdOf({ user, eventContext }: WebhookBody): string | undefined {
  */
 function claimsOf({ user }: WebhookBody, userId: string, tenantId: string, changed: boolean): IdentityClaims {
   if (!user) return { userId, tenantId };
+  // A snapshot without roles (a sign-up, an activation) says nothing of them: an invitation's stand.
+  const roles = user.tenantId === tenantId && (changed || user.roles?.length) ? (user.roles ?? undefined) : undefined;
   return {
     userId,
     tenantId,
@@ -141,7 +143,7 @@ function claimsOf({ user }: WebhookBody, userId: string, tenantId: string, chang
     name: user.name,
     avatarUrl: user.profilePictureUrl,
     emailVerified: user.verified ?? undefined,
-    roles: user.tenantId === tenantId ? (user.roles ?? undefined) : undefined,
+    roles,
     asOf: changed ? new Date(Date.now() + CLOCK_TOLERANCE_SECONDS * 1000) : undefined,
   };
 }
@@ -237,7 +239,7 @@ async function apply(db: Database, action: WebhookAction, log: Logger): Promise<
     }
     case 'tenant.created': {
       const restored = await restoreOrganizationById(db, { organizationId: action.organizationId });
-      log.info({ organizationId: action.organizationId, membershipsRestored: restored }, 'Frontegg webhook applied: tenant created');
+      log.info({ organizationId: action.organizationId, restored }, 'Frontegg webhook applied: tenant created');
       return { organizationId: action.organizationId };
     }
   }

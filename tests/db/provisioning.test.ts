@@ -9,7 +9,7 @@ import {
   organizationSlugCandidates,
   provisionIdentity,
 } from '../../db/provisioning.js';
-import { organizationMembers, organizations, users } from '../../db/schema.js';
+import { organizationMembers, organizations, replyUsage, users } from '../../db/schema.js';
 import { deactivateMembership, openTestDatabase, whileInsertsFail } from '../support/database.js';
 
 let database: DatabaseHandle;
@@ -332,5 +332,18 @@ describe.skipIf(!inject('databaseUrl'))('a tenant deleted while a member is bein
     }
     const [membership] = await database.db.select().from(organizationMembers).where(eq(organizationMembers.userId, claims.userId));
     expect(membership?.fronteggRemovedAt).toBeInstanceOf(Date);
+  });
+
+  it('does not deadlock with a chat write that holds the membership and then records a reply’s usage', async () => {
+    const { organization, user } = await provisionIdentity(database.db, identity());
+    let deletion: Promise<number> | undefined;
+    // As a reply ends: the member's row locked first (`openEventLog`), then a row referring to the organization.
+    await database.db.transaction(async (tx) => {
+      await tx.select().from(organizationMembers).where(eq(organizationMembers.userId, user.id)).for('no key update');
+      deletion = markOrganizationDeletedById(database.db, { organizationId: organization.id });
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      await tx.insert(replyUsage).values({ messageId: randomUUID(), organizationId: organization.id, userId: user.id, model: 'test' });
+    });
+    expect(await deletion).toBe(1);
   });
 });

@@ -248,6 +248,16 @@ describe('events that snapshot a user rather than report a change', () => {
     expect((await first.db.select().from(users).where(eq(users.id, user.id)))[0]?.email).toBe('test.user@example.com');
   });
 
+  it('keep the role of an invitation when a later sign-up or activation carries no roles', async () => {
+    const user = fronteggUser({ roles: [{ id: randomUUID(), key: 'Admin', name: 'Admin' }] });
+    await deliverWebhook(one.url, webhookBody('frontegg.user.invitedToTenant', user));
+    const withoutRoles = { ...user, roles: [] };
+    for (const eventKey of ['frontegg.user.activated', 'frontegg.user.signedUp']) {
+      await deliverWebhook(one.url, webhookBody(eventKey, withoutRoles));
+    }
+    expect(await membershipOf(user.id, user.tenantId)).toMatchObject({ role: 'admin' });
+  });
+
   it('take the user object’s id when eventContext.userId names someone else (the admin who acted)', async () => {
     const user = fronteggUser();
     const person = await signIn({ sub: user.id, tenantId: user.tenantId });
@@ -355,22 +365,21 @@ describe('deletions', () => {
     expect((await clientError((await signIn({ sub: randomUUID(), tenantId })).onOne.me.query())).data?.code).toBe('FORBIDDEN');
   });
 
-  it('frontegg.tenant.created brings a deleted tenant back with the memberships its deletion removed, not those removed before', async () => {
+  it('frontegg.tenant.created lets a deleted tenant take members again; those its deletion removed come back as Frontegg invites them', async () => {
     const tenantId = randomUUID();
-    const ada = await signIn({ sub: randomUUID(), tenantId });
-    const removedBefore = fronteggUser({ tenantId });
-    const grace = await signIn({ sub: removedBefore.id, tenantId });
+    const adaUser = fronteggUser({ tenantId });
+    const ada = await signIn({ sub: adaUser.id, tenantId });
     await ada.onOne.me.query();
-    await grace.onOne.me.query();
-    await deliverWebhook(one.url, webhookBody('frontegg.user.removedFromTenant', removedBefore));
     await deliverWebhook(one.url, { eventKey: 'frontegg.tenant.deleted', eventContext: { tenantId } });
     await forbiddenWithinASecond(() => ada.onOther.me.query());
 
     expect(await deliverWebhook(other.url, { eventKey: 'frontegg.tenant.created', eventContext: { tenantId } })).toMatchObject({ status: 200 });
-    await vi.waitFor(async () => expect((await ada.onOne.me.query()).organization.id).toBe(tenantId), { timeout: 1_000, interval: 10 });
-    expect((await clientError(grace.onOther.me.query())).data?.code).toBe('FORBIDDEN');
-    // A newcomer's token provisions normally again.
+    // A newcomer's token provisions normally again; Ada stays out (a late creation must not undo a deletion)…
     expect((await (await signIn({ sub: randomUUID(), tenantId })).onOther.me.query()).organization.id).toBe(tenantId);
+    expect((await clientError(ada.onOne.me.query())).data?.code).toBe('FORBIDDEN');
+    // …until Frontegg invites her again.
+    await deliverWebhook(one.url, webhookBody('frontegg.user.invitedToTenant', adaUser));
+    await vi.waitFor(async () => expect((await ada.onOther.me.query()).organization.id).toBe(tenantId), { timeout: 1_000, interval: 10 });
   });
 
   it('frontegg.tenant.deleted removes every membership of the organization, and none is made afterwards', async () => {

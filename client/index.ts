@@ -39,42 +39,49 @@ export interface ApiClientOptions {
  * as Server-Sent Events, through an EventSource that sends the `Authorization` header (the
  * `eventsource` package, in Node and in browsers), never a token in the URL.
  */
-export function createApiClient({ url, getToken, fetch: customFetch }: ApiClientOptions) {
+export function createApiClient(options: ApiClientOptions) {
+  return createTRPCClient<AppRouter>({ links: createApiLinks(options) });
+}
+
+export type ApiClient = ReturnType<typeof createApiClient>;
+
+/**
+ * The links of `createApiClient`, for a client made elsewhere: React's
+ * `createTRPCClient<AppRouter>({ links: createApiLinks({ url, getToken }) })` with
+ * `@trpc/tanstack-react-query`.
+ */
+export function createApiLinks({ url, getToken, fetch: customFetch }: ApiClientOptions) {
   async function authorization(): Promise<Record<string, string>> {
     const token = await getToken();
     return token ? { authorization: `Bearer ${token}` } : {};
   }
-  return createTRPCClient<AppRouter>({
-    links: [
-      splitLink({
-        condition: (op) => op.type === 'subscription',
-        true: [
-          retryLink(resubscribing()),
-          httpSubscriptionLink({
-            url,
-            transformer: superjson,
-            EventSource,
-            eventSourceOptions: () => ({
-              // Called for every connection the EventSource opens, its own reconnections included.
-              fetch: async (input, init) =>
-                (customFetch ?? globalThis.fetch)(input, { ...init, headers: { ...init.headers, ...(await authorization()) } }),
-            }),
-          }),
-        ],
-        false: httpBatchLink({
+  return [
+    splitLink<AppRouter>({
+      condition: (op) => op.type === 'subscription',
+      true: [
+        retryLink(resubscribing()),
+        httpSubscriptionLink({
           url,
           transformer: superjson,
-          // The server refuses longer batches; more calls at once go out as several requests.
-          maxItems: MAX_BATCH_SIZE,
-          fetch: customFetch,
-          headers: authorization,
+          EventSource,
+          eventSourceOptions: () => ({
+            // Called for every connection the EventSource opens, its own reconnections included.
+            fetch: async (input, init) =>
+              (customFetch ?? globalThis.fetch)(input, { ...init, headers: { ...init.headers, ...(await authorization()) } }),
+          }),
         }),
+      ],
+      false: httpBatchLink({
+        url,
+        transformer: superjson,
+        // The server refuses longer batches; more calls at once go out as several requests.
+        maxItems: MAX_BATCH_SIZE,
+        fetch: customFetch,
+        headers: authorization,
       }),
-    ],
-  });
+    }),
+  ];
 }
-
-export type ApiClient = ReturnType<typeof createApiClient>;
 
 /** Failures of one stream this close together count as one run of failures. */
 const FAILURES_APART_MS = 10_000;

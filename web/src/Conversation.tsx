@@ -1,0 +1,105 @@
+import { useInfiniteQuery, useMutation, useQueryClient } from '@tanstack/react-query';
+import { useLayoutEffect, useRef, useState } from 'react';
+import { type Message, useTRPC } from './api.js';
+import { MESSAGES_PAGE, upsertMessage } from './chat-cache.js';
+import { ErrorNotice } from './errors.js';
+
+/** One conversation: older pages load as you scroll up; the assistant's reply streams in, with stop. */
+export function Conversation({ sessionId }: { sessionId: string }) {
+  const trpc = useTRPC();
+  const queryClient = useQueryClient();
+  const input = { sessionId, limit: MESSAGES_PAGE };
+  const messages = useInfiniteQuery(trpc.chat.listMessages.infiniteQueryOptions(input, { getNextPageParam: (page) => page.nextCursor }));
+  const send = useMutation(
+    trpc.chat.sendMessage.mutationOptions({
+      onSuccess: ({ message, reply }) => {
+        // Events may have brought them first, and the reply's text since: what is there is kept.
+        for (const added of reply ? [message, reply] : [message]) {
+          queryClient.setQueryData(trpc.chat.listMessages.infiniteQueryKey(input), (data) => upsertMessage(data, added, { keep: true }));
+        }
+      },
+    }),
+  );
+  const stop = useMutation(trpc.chat.stopReply.mutationOptions());
+  const [draft, setDraft] = useState('');
+
+  // Pages come newest first, each oldest first: the conversation reads the other way round.
+  const items: Message[] = [...(messages.data?.pages ?? [])].reverse().flatMap((page) => page.items);
+  const streaming = items.some((message) => message.status === 'streaming');
+
+  const scroller = useRef<HTMLDivElement>(null);
+  const anchor = useRef<{ height: number; top: number; atBottom: boolean } | null>(null);
+  // Where the view was before this render: kept when older messages arrive above, followed to the
+  // bottom when it was there and a message arrives below.
+  const remember = () => {
+    const box = scroller.current;
+    if (box) anchor.current = { height: box.scrollHeight, top: box.scrollTop, atBottom: box.scrollHeight - box.scrollTop - box.clientHeight < 40 };
+  };
+  useLayoutEffect(() => {
+    const box = scroller.current;
+    const before = anchor.current;
+    if (!box) return;
+    if (!before || before.atBottom) box.scrollTop = box.scrollHeight;
+    else box.scrollTop = before.top + (box.scrollHeight - before.height);
+  });
+
+  return (
+    <section className="conversation">
+      <div
+        className="messages"
+        ref={scroller}
+        data-testid="messages"
+        onScroll={(event) => {
+          remember();
+          if (event.currentTarget.scrollTop < 40 && messages.hasNextPage && !messages.isFetchingNextPage) void messages.fetchNextPage();
+        }}
+      >
+        {messages.isFetchingNextPage && <p className="notice">Loading older messages…</p>}
+        {messages.isPending && <p className="notice">Loading…</p>}
+        {messages.error && <ErrorNotice error={messages.error} retry={() => void messages.refetch()} />}
+        {messages.isSuccess && items.length === 0 && <p className="notice">No messages yet. Say something.</p>}
+        {items.map((message) => (
+          <article key={message.id} className={`message ${message.role} ${message.status}`} data-testid={`message-${message.role}`} data-status={message.status}>
+            <p>{message.content || (message.status === 'streaming' ? '…' : '')}</p>
+            {message.status === 'failed' && <small>The assistant could not finish this reply.</small>}
+            {message.status === 'stopped' && <small>Stopped.</small>}
+          </article>
+        ))}
+      </div>
+      {(send.error ?? stop.error) && <ErrorNotice error={send.error ?? stop.error} />}
+      <form
+        className="composer"
+        onSubmit={(event) => {
+          event.preventDefault();
+          const content = draft.trim();
+          if (!content) return;
+          remember();
+          if (anchor.current) anchor.current.atBottom = true;
+          send.mutate({ sessionId, content }, { onSuccess: () => setDraft('') });
+        }}
+      >
+        <textarea
+          aria-label="Message"
+          value={draft}
+          maxLength={32_000}
+          onChange={(event) => setDraft(event.target.value)}
+          onKeyDown={(event) => {
+            if (event.key === 'Enter' && !event.shiftKey) {
+              event.preventDefault();
+              event.currentTarget.form?.requestSubmit();
+            }
+          }}
+        />
+        {streaming ? (
+          <button type="button" onClick={() => stop.mutate({ sessionId })} disabled={stop.isPending}>
+            Stop
+          </button>
+        ) : (
+          <button type="submit" disabled={send.isPending || draft.trim() === ''}>
+            Send
+          </button>
+        )}
+      </form>
+    </section>
+  );
+}

@@ -1,0 +1,64 @@
+import type { InfiniteData, QueryClient } from '@tanstack/react-query';
+import type { ChatEvent } from '../../client/index.js';
+import type { Message } from './api.js';
+
+export const MESSAGES_PAGE = 30;
+
+type MessagePages = InfiniteData<{ items: Message[]; nextCursor: string | null }, string | null>;
+
+/**
+ * Applies a message to a conversation's loaded pages: replaced where it is (unless `keep`: a
+ * call's answer may be older than the events that followed it), else added at the end of the
+ * newest page. Pages come newest first, each oldest first.
+ */
+export function upsertMessage(data: MessagePages | undefined, message: Message, { keep = false } = {}): MessagePages | undefined {
+  if (!data) return data;
+  let found = false;
+  const pages = data.pages.map((page) => ({
+    ...page,
+    items: page.items.map((item) => {
+      if (item.id !== message.id) return item;
+      found = true;
+      return keep ? item : message;
+    }),
+  }));
+  if (!found && pages[0]) pages[0] = { ...pages[0], items: [...pages[0].items, message] };
+  return { ...data, pages };
+}
+
+/** Appends a reply's next piece of text to its message, where it is loaded. */
+export function appendToMessage(data: MessagePages | undefined, messageId: string, text: string): MessagePages | undefined {
+  if (!data) return data;
+  return {
+    ...data,
+    pages: data.pages.map((page) => ({
+      ...page,
+      items: page.items.map((item) => (item.id === messageId ? { ...item, content: item.content + text } : item)),
+    })),
+  };
+}
+
+/** What a `chat.events` event changes in the query cache. */
+export function applyChatEvent(
+  queryClient: QueryClient,
+  keys: { sessions: readonly unknown[]; messagesOf: (sessionId: string) => readonly unknown[]; all: readonly unknown[] },
+  event: ChatEvent,
+) {
+  switch (event.type) {
+    case 'session.created':
+    case 'session.updated':
+    case 'session.deleted':
+      void queryClient.invalidateQueries({ queryKey: keys.sessions });
+      return;
+    case 'message.created':
+    case 'reply.completed':
+    case 'reply.failed':
+      queryClient.setQueryData<MessagePages>(keys.messagesOf(event.message.sessionId), (data) => upsertMessage(data, event.message));
+      return;
+    case 'reply.delta':
+      queryClient.setQueryData<MessagePages>(keys.messagesOf(event.sessionId), (data) => appendToMessage(data, event.messageId, event.text));
+      return;
+    case 'resync':
+      void queryClient.invalidateQueries({ queryKey: keys.all });
+  }
+}

@@ -1,0 +1,8 @@
+/// <reference types="vite/client" />
+
+interface ImportMetaEnv {
+  /** The API's origin, for a page on another origin (its CORS_ORIGINS must list the page's). */
+  readonly VITE_API_URL?: string;
+  readonly VITE_FRONTEGG_BASE_URL?: string;
+  readonly VITE_FRONTEGG_CLIENT_ID?: string;
+}

@@ -1,0 +1,77 @@
+import { QueryClient, QueryClientProvider } from '@tanstack/react-query';
+import { createTRPCClient } from '@trpc/client';
+import { type ReactNode, StrictMode, Suspense, lazy, useState } from 'react';
+import { createRoot } from 'react-dom/client';
+import { type AppRouter, createApiLinks } from '../../client/index.js';
+import { API_URL, TRPCProvider, codeOf } from './api.js';
+import { App } from './App.js';
+import { LocalSignIn, useAuth } from './auth.js';
+
+const FronteggSignIn = lazy(() => import('./frontegg-sign-in.js'));
+const frontegg = { baseUrl: import.meta.env.VITE_FRONTEGG_BASE_URL, clientId: import.meta.env.VITE_FRONTEGG_CLIENT_ID };
+
+/** Frontegg when configured; else "sign in as" in development, and nothing in a production build. */
+function SignIn({ children }: { children: ReactNode }) {
+  if (frontegg.baseUrl && frontegg.clientId) {
+    return (
+      <Suspense fallback={<p className="notice">Loading…</p>}>
+        <FronteggSignIn baseUrl={frontegg.baseUrl} clientId={frontegg.clientId}>
+          {children}
+        </FronteggSignIn>
+      </Suspense>
+    );
+  }
+  if (import.meta.env.DEV) return <LocalSignIn>{children}</LocalSignIn>;
+  return <p className="notice">This page was built without VITE_FRONTEGG_BASE_URL and VITE_FRONTEGG_CLIENT_ID: there is no way to sign in.</p>;
+}
+
+/** The typed client and its query cache, for the signed-in person. */
+function Api({ children }: { children: ReactNode }) {
+  const auth = useAuth();
+  const [queryClient] = useState(
+    () =>
+      new QueryClient({
+        defaultOptions: {
+          queries: {
+            // 401: a new token, then once more; 503: a few more times; anything else is shown.
+            retry: (failures, error) => {
+              const code = codeOf(error);
+              if (code === 'UNAUTHORIZED' && failures === 0) {
+                void auth.refresh();
+                return true;
+              }
+              return (code === 'SERVICE_UNAVAILABLE' || code === undefined) && failures < 3;
+            },
+            retryDelay: (failures) => Math.min(500 * 2 ** failures, 5_000),
+            refetchOnWindowFocus: false,
+          },
+          mutations: {
+            retry: (failures, error) => {
+              if (codeOf(error) !== 'UNAUTHORIZED' || failures > 0) return false;
+              void auth.refresh();
+              return true;
+            },
+            retryDelay: 500,
+          },
+        },
+      }),
+  );
+  const [trpcClient] = useState(() => createTRPCClient<AppRouter>({ links: createApiLinks({ url: API_URL, getToken: () => auth.getToken() }) }));
+  return (
+    <QueryClientProvider client={queryClient}>
+      <TRPCProvider trpcClient={trpcClient} queryClient={queryClient}>
+        {children}
+      </TRPCProvider>
+    </QueryClientProvider>
+  );
+}
+
+createRoot(document.getElementById('root')!).render(
+  <StrictMode>
+    <SignIn>
+      <Api>
+        <App />
+      </Api>
+    </SignIn>
+  </StrictMode>,
+);

@@ -322,20 +322,14 @@ export async function markUserDeletedById(db: Database, { userId }: { userId: st
         target: users.id,
         set: { fronteggDeletedAt: sql`coalesce(${users.fronteggDeletedAt}, excluded.frontegg_deleted_at)` },
       });
-    const removed = await tx
-      .update(organizationMembers)
-      .set({ fronteggRemovedAt: sql`now()`, updatedAt: sql`now()` })
-      .where(and(eq(organizationMembers.userId, userId), isNull(organizationMembers.fronteggRemovedAt)))
-      .returning({ organizationId: organizationMembers.organizationId });
-    await notifyMembershipChanged(tx, { userId });
-    return removed.length;
+    return removeMemberships(tx, { userId });
   });
 }
 
 /**
  * Frontegg deleted the tenant: every membership of the organization is removed, and any made later
- * is created removed, until Frontegg creates the tenant again (`restoreOrganizationById`). An organization never seen is recorded as deleted, so that no
- * still-valid token provisions it. One transaction; a repeat changes nothing. Returns how many
+ * is created removed, until Frontegg creates the tenant again (`restoreOrganizationById`). An
+ * organization never seen is recorded as deleted, so that no still-valid token provisions it. One transaction; a repeat changes nothing. Returns how many
  * memberships it removed now.
  */
 export async function markOrganizationDeletedById(db: Database, { organizationId }: { organizationId: string }): Promise<number> {
@@ -348,14 +342,23 @@ export async function markOrganizationDeletedById(db: Database, { organizationId
       .update(organizations)
       .set({ fronteggDeletedAt: sql`coalesce(${organizations.fronteggDeletedAt}, now())` })
       .where(eq(organizations.id, organizationId));
-    const removed = await tx
-      .update(organizationMembers)
-      .set({ fronteggRemovedAt: sql`now()`, updatedAt: sql`now()` })
-      .where(and(eq(organizationMembers.organizationId, organizationId), isNull(organizationMembers.fronteggRemovedAt)))
-      .returning({ userId: organizationMembers.userId });
-    await notifyMembershipChanged(tx, { organizationId });
-    return removed.length;
+    return removeMemberships(tx, { organizationId });
   });
+}
+
+/**
+ * Marks removed by Frontegg every membership of the user, or of the organization, not removed yet
+ * (a repeat keeps the first time), and tells every instance when `tx` commits. Returns how many.
+ */
+async function removeMemberships(tx: Database, whose: { userId: string } | { organizationId: string }): Promise<number> {
+  const m = organizationMembers;
+  const removed = await tx
+    .update(m)
+    .set({ fronteggRemovedAt: sql`now()`, updatedAt: sql`now()` })
+    .where(and('userId' in whose ? eq(m.userId, whose.userId) : eq(m.organizationId, whose.organizationId), isNull(m.fronteggRemovedAt)))
+    .returning({ userId: m.userId });
+  await notifyMembershipChanged(tx, whose);
+  return removed.length;
 }
 
 /**

@@ -155,7 +155,7 @@ async function createConfiguredVerifier(
   const key = await loadOrCreateLocalSigningKey(identity.keyFile);
   log.warn(
     { keyFile: identity.keyFile, kid: key.kid },
-    'LOCAL IDENTITY MODE: no Frontegg environment is configured, so only tokens from `npm run token` are ' +
+    'LOCAL IDENTITY MODE: no Frontegg environment is configured, so only tokens signed with this key (`npm run token`, the web page\'s "sign in as") are ' +
       'trusted. Set FRONTEGG_BASE_URL to verify real Frontegg tokens. Never run this way in production.',
   );
   return createAccessTokenVerifier({

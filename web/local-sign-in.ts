@@ -25,11 +25,18 @@ export function localSignIn(): Plugin {
 async function answer(req: IncomingMessage, res: ServerResponse) {
   const send = (status: number, body: unknown) => res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
   if (req.method !== 'POST') return send(405, { error: 'Use POST' });
+  // Only this page may ask: JSON (so another origin's page must preflight, and is refused), from
+  // this dev server's own origin, on this machine (not `--host` on a network).
+  const ownOrigin = `http://${req.headers.host}`;
+  const loopback = ['127.0.0.1', '::1', '::ffff:127.0.0.1'].includes(req.socket.localAddress ?? '');
+  if (!req.headers['content-type']?.startsWith('application/json') || req.headers.origin !== ownOrigin || !loopback) {
+    return send(403, { error: 'Sign in as works only from this page, on this machine' });
+  }
   let config;
   try {
     config = loadLocalIdentityConfig(process.env);
   } catch (error) {
-    if (error instanceof ConfigError) return send(404, { error: 'Local sign-in is off: the API verifies Frontegg tokens' });
+    if (error instanceof ConfigError) return send(404, { error: `Local sign-in is off: ${error.message}` });
     throw error;
   }
   let request: { email?: unknown; tenantId?: unknown; role?: unknown };

@@ -184,8 +184,17 @@ describe.skipIf(!chromiumPath)('the chat page in Chromium, calling the API acros
     await expect.poll(() => sessions.first().textContent()).toContain('Renamed chat');
     await sessions.nth(1).getByRole('button', { name: 'New Chat', exact: true }).click();
     await expect.poll(() => page.locator('li.selected').textContent()).toContain('New Chat');
+    // A second tab shows the renamed conversation; deleting it in the first moves the second away.
+    const other = await open(page.context(), 'sessions tab 2');
+    await other.getByTestId('session').filter({ hasText: 'Renamed chat' }).getByRole('button', { name: 'Renamed chat', exact: true }).click();
+    await expect.poll(() => other.locator('li.selected').textContent()).toContain('Renamed chat');
     await sessions.first().getByRole('button', { name: /^Delete/ }).click();
-    await expect.poll(() => sessions.allTextContents()).toEqual([expect.stringContaining('New Chat')]);
+    // (Switching to it in the second tab made it the active one: the next active one is new.)
+    for (const tab of [page, other]) {
+      await expect.poll(async () => (await tab.getByTestId('session').allTextContents()).join('|')).not.toContain('Renamed chat');
+      await expect.poll(() => tab.locator('li.selected').textContent()).toContain('New Chat');
+    }
+    await other.close();
 
     // A long conversation, written elsewhere: 20 questions, each reply stopped at once.
     const lin = await clientAs('lin@example.com', tenant);
@@ -241,18 +250,43 @@ describe.skipIf(!chromiumPath)('the chat page in Chromium, calling the API acros
 
   it('has no "sign in as" in a production build, and says there is no way to sign in without Frontegg settings', async () => {
     const outDir = path.join(work, 'dist');
-    // As `npm run web:build` runs: Vitest's NODE_ENV=test would make a development build.
-    const nodeEnv = process.env.NODE_ENV;
-    process.env.NODE_ENV = 'production';
-    try {
-      await build({ configFile: 'web/vite.config.ts', logLevel: 'silent', build: { outDir } });
-    } finally {
-      process.env.NODE_ENV = nodeEnv;
-    }
+    // Under Vitest's NODE_ENV=test, a development build of React: "sign in as" must be out all the same.
+    await build({ configFile: 'web/vite.config.ts', logLevel: 'silent', build: { outDir } });
     const assets = path.join(outDir, 'assets');
     const code = (await Promise.all((await readdir(assets)).filter((name) => name.endsWith('.js')).map((name) => readFile(path.join(assets, name), 'utf8')))).join('\n');
     expect(code.includes('/local-sign-in')).toBe(false);
     expect(code.includes('there is no way to sign in')).toBe(true);
+  }, 60_000);
+
+  it('mints "sign in as" tokens only for its own page: not for another origin, nor without JSON', async () => {
+    const body = JSON.stringify({ email: 'eve@example.com', tenantId: 'acme', role: 'Admin' });
+    const ask = (headers: Record<string, string>) => fetch(`${webUrl}/local-sign-in`, { method: 'POST', headers, body });
+    expect((await ask({ origin: 'http://localhost:9999', 'content-type': 'application/json' })).status).toBe(403);
+    expect((await ask({ origin: webUrl, 'content-type': 'text/plain' })).status).toBe(403);
+    expect((await ask({ 'content-type': 'application/json' })).status).toBe(403);
+    const own = await ask({ origin: webUrl, 'content-type': 'application/json' });
+    expect(own.status).toBe(200);
+    expect(await own.json()).toMatchObject({ token: expect.any(String) });
+  });
+
+  it('stops after one renewal when the API refuses the new token too, and says so', async () => {
+    // The dev server signs with a key the API does not trust (another setup in the other terminal).
+    const trusted = process.env.LOCAL_IDENTITY_KEY_FILE;
+    process.env.LOCAL_IDENTITY_KEY_FILE = path.join(work, 'another-key.json');
+    try {
+      const page = await open(await browser.newContext(), 'untrusted', { expected: [401] });
+      let mints = 0;
+      page.on('request', (request) => {
+        if (request.url().endsWith('/local-sign-in')) mints += 1;
+      });
+      await signIn(page, { email: 'ivy@example.com', tenant: 'untrusted', role: 'Member' });
+      await expect.poll(() => page.getByText('Your sign-in is no longer accepted').count(), { timeout: 10_000 }).toBeGreaterThan(0);
+      await page.waitForTimeout(3_000);
+      // The sign-in, and one renewal.
+      expect(mints).toBeLessThanOrEqual(2);
+    } finally {
+      process.env.LOCAL_IDENTITY_KEY_FILE = trusted;
+    }
   }, 60_000);
 
 

@@ -1,6 +1,6 @@
 import { useQuery, useQueryClient } from '@tanstack/react-query';
 import { useSubscription } from '@trpc/tanstack-react-query';
-import { useEffect, useState } from 'react';
+import { useEffect, useRef, useState } from 'react';
 import { codeOf, useTRPC } from './api.js';
 import { useAuth } from './auth.js';
 import { MESSAGES_PAGE, applyChatEvent } from './chat-cache.js';
@@ -14,29 +14,50 @@ export function App() {
   const queryClient = useQueryClient();
   const active = useQuery(trpc.chat.getActiveSession.queryOptions());
   const [chosen, setChosen] = useState<string | null>(null);
-  const sessionId = chosen ?? active.data?.id ?? null;
+  // Sessions deleted here or elsewhere: the active one may be one of them until it is loaded again.
+  const [deleted, setDeleted] = useState<ReadonlySet<string>>(new Set());
+  const activeId = active.data && !deleted.has(active.data.id) ? active.data.id : null;
+  const sessionId = chosen !== null && !deleted.has(chosen) ? chosen : activeId;
+  const forget = (id: string) => setDeleted((before) => new Set(before).add(id));
 
-  // One stream for every change to this person's chats, from any tab or instance.
+  // Once an event has arrived, a reconnection resumes after it (tRPC sends its id). A stream
+  // that starts afresh (the first, or one opened again after an error) may have missed changes
+  // since the lists were loaded: they are loaded again.
+  const resumable = useRef(false);
   const events = useSubscription(
     trpc.chat.events.subscriptionOptions(undefined, {
-      onData: ({ data }) =>
+      onStarted: () => {
+        if (!resumable.current) void queryClient.invalidateQueries({ queryKey: trpc.chat.pathKey() });
+      },
+      onData: ({ data }) => {
+        resumable.current = true;
         applyChatEvent(
           queryClient,
           {
             sessions: trpc.chat.listSessions.pathKey(),
+            activeSession: trpc.chat.getActiveSession.queryKey(),
             messagesOf: (id) => trpc.chat.listMessages.infiniteQueryKey({ sessionId: id, limit: MESSAGES_PAGE }),
             all: trpc.chat.pathKey(),
           },
           data,
-        ),
+        );
+        // The conversation on screen was deleted, in another tab say: back to the active one.
+        if (data.type === 'session.deleted') forget(data.sessionId);
+      },
     }),
   );
-
-  // Refused for its token (one the API no longer takes): a new token, and the stream again.
-  const { error: streamError, reset: resubscribe } = events;
+  const { error: streamError, reset } = events;
+  const resubscribe = () => {
+    resumable.current = false;
+    reset();
+  };
+  // Refused for its token: once more with a new one; refused again, the error stands.
   useEffect(() => {
-    if (codeOf(streamError) === 'UNAUTHORIZED') void auth.refresh().then(resubscribe);
-  }, [streamError, resubscribe, auth]);
+    if (codeOf(streamError) === 'UNAUTHORIZED' && auth.renewAfterRefusal()) {
+      resumable.current = false;
+      reset();
+    }
+  }, [streamError, reset, auth]);
 
   return (
     <div className="app">
@@ -52,9 +73,9 @@ export function App() {
           Sign out
         </button>
       </header>
-      {events.error && codeOf(events.error) !== 'UNAUTHORIZED' && <ErrorNotice error={events.error} retry={() => events.reset()} />}
+      {streamError && <ErrorNotice error={streamError} retry={resubscribe} />}
       <main>
-        <SessionList selected={sessionId} onSelect={setChosen} />
+        <SessionList selected={sessionId} onSelect={setChosen} onDeleted={forget} />
         {active.error && !sessionId ? (
           <ErrorNotice error={active.error} retry={() => void active.refetch()} />
         ) : sessionId ? (

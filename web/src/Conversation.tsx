@@ -28,19 +28,25 @@ export function Conversation({ sessionId }: { sessionId: string }) {
   const streaming = items.some((message) => message.status === 'streaming');
 
   const scroller = useRef<HTMLDivElement>(null);
-  const anchor = useRef<{ height: number; top: number; atBottom: boolean } | null>(null);
-  // Where the view was before this render: kept when older messages arrive above, followed to the
-  // bottom when it was there and a message arrives below.
-  const remember = () => {
+  // Where the view was after the last render or scroll. At the bottom, it follows new messages;
+  // elsewhere it stays on what it shows: moved by what older pages added above, and by nothing else.
+  const view = useRef<{ height: number; top: number; atBottom: boolean; firstId: string | undefined } | null>(null);
+  const record = () => {
     const box = scroller.current;
-    if (box) anchor.current = { height: box.scrollHeight, top: box.scrollTop, atBottom: box.scrollHeight - box.scrollTop - box.clientHeight < 40 };
+    if (box) view.current = { height: box.scrollHeight, top: box.scrollTop, atBottom: box.scrollHeight - box.scrollTop - box.clientHeight < 40, firstId: items[0]?.id };
+  };
+  const loadOlder = () => {
+    if (messages.hasNextPage && !messages.isFetchingNextPage) void messages.fetchNextPage();
   };
   useLayoutEffect(() => {
     const box = scroller.current;
-    const before = anchor.current;
     if (!box) return;
+    const before = view.current;
     if (!before || before.atBottom) box.scrollTop = box.scrollHeight;
-    else box.scrollTop = before.top + (box.scrollHeight - before.height);
+    else if (before.firstId !== undefined && items[0]?.id !== before.firstId) box.scrollTop = before.top + (box.scrollHeight - before.height);
+    record();
+    // A first page that does not fill the view gives nothing to scroll: the next one loads now.
+    if (box.scrollHeight <= box.clientHeight) loadOlder();
   });
 
   return (
@@ -50,8 +56,8 @@ export function Conversation({ sessionId }: { sessionId: string }) {
         ref={scroller}
         data-testid="messages"
         onScroll={(event) => {
-          remember();
-          if (event.currentTarget.scrollTop < 40 && messages.hasNextPage && !messages.isFetchingNextPage) void messages.fetchNextPage();
+          record();
+          if (event.currentTarget.scrollTop < 40) loadOlder();
         }}
       >
         {messages.isFetchingNextPage && <p className="notice">Loading older messages…</p>}
@@ -66,15 +72,16 @@ export function Conversation({ sessionId }: { sessionId: string }) {
           </article>
         ))}
       </div>
-      {(send.error ?? stop.error) && <ErrorNotice error={send.error ?? stop.error} />}
+      {send.error && <ErrorNotice error={send.error} retry={() => send.variables && send.mutate(send.variables)} />}
+      {stop.error && <ErrorNotice error={stop.error} retry={() => stop.mutate({ sessionId })} />}
       <form
         className="composer"
         onSubmit={(event) => {
           event.preventDefault();
           const content = draft.trim();
-          if (!content) return;
-          remember();
-          if (anchor.current) anchor.current.atBottom = true;
+          // One reply at a time: Stop first.
+          if (!content || streaming) return;
+          if (view.current) view.current.atBottom = true;
           send.mutate({ sessionId, content }, { onSuccess: () => setDraft('') });
         }}
       >

@@ -3,7 +3,15 @@ import { useTRPC } from './api.js';
 import { ErrorNotice } from './errors.js';
 
 /** The person's conversations, most recent activity first, with new, rename, delete and switch. */
-export function SessionList({ selected, onSelect }: { selected: string | null; onSelect: (sessionId: string | null) => void }) {
+export function SessionList({
+  selected,
+  onSelect,
+  onDeleted,
+}: {
+  selected: string | null;
+  onSelect: (sessionId: string) => void;
+  onDeleted: (sessionId: string) => void;
+}) {
   const trpc = useTRPC();
   const queryClient = useQueryClient();
   // Listed once the active session is known: a first visit creates it, and the list must hold it.
@@ -16,11 +24,10 @@ export function SessionList({ selected, onSelect }: { selected: string | null; o
   const remove = useMutation(
     trpc.chat.deleteSession.mutationOptions({
       onSuccess: ({ sessionId }) => {
-        // The conversation shown is gone: back to the active one (a new one if that was it).
-        if (sessionId === selected) {
-          onSelect(null);
-          void queryClient.invalidateQueries({ queryKey: trpc.chat.getActiveSession.queryKey() });
-        }
+        // Shown no more (the page goes back to the active one, a new one if that was it); the
+        // event tells every other tab the same.
+        onDeleted(sessionId);
+        void queryClient.invalidateQueries({ queryKey: trpc.chat.getActiveSession.queryKey() });
         return refresh();
       },
     }),
@@ -34,7 +41,7 @@ export function SessionList({ selected, onSelect }: { selected: string | null; o
       <button type="button" className="new" onClick={() => create.mutate({})} disabled={create.isPending}>
         New chat
       </button>
-      {sessions.isPending && <p className="notice">Loading…</p>}
+      {sessions.isLoading && <p className="notice">Loading…</p>}
       {sessions.error && <ErrorNotice error={sessions.error} retry={() => void sessions.refetch()} />}
       {failed && <ErrorNotice error={failed} />}
       {sessions.isSuccess && items.length === 0 && <p className="notice">No conversations yet.</p>}

@@ -1,14 +1,43 @@
-import { type ReactNode, createContext, useCallback, useContext, useMemo, useState } from 'react';
+import { type ReactNode, createContext, useCallback, useContext, useEffect, useMemo, useState } from 'react';
 
 /** What the page needs of a sign-in, whichever kind. */
 export interface Auth {
   /** Who is signed in, to show. */
   who: string;
-  /** The current access token, refreshed first when it is about to expire. */
+  /** The current access token; it waits for a renewal under way. */
   getToken(): Promise<string | null>;
-  /** A new token now: after a 401. */
-  refresh(): Promise<void>;
+  /**
+   * After a 401: renews the token (one renewal at a time) and says whether to call again, with the
+   * token `getToken` will then give. Not again within 30 s of a renewal that has finished: a sign-in
+   * the API refuses with a new token too will not do better a third time, and the 401 stands.
+   */
+  renewAfterRefusal(): boolean;
   signOut(): void;
+}
+
+const REFUSED_AGAIN_MS = 30_000;
+
+/** Renewals of a token: one at a time, and `renewAfterRefusal`'s rule. */
+export function createRenewals(renew: () => Promise<void>) {
+  let underWay: Promise<void> | undefined;
+  let finishedAt = 0;
+  const now = () =>
+    (underWay ??= renew()
+      .catch(() => {})
+      .finally(() => {
+        underWay = undefined;
+        finishedAt = Date.now();
+      }));
+  return {
+    now,
+    /** Resolves once no renewal is under way. */
+    settled: () => underWay ?? Promise.resolve(),
+    afterRefusal(): boolean {
+      if (!underWay && Date.now() - finishedAt < REFUSED_AGAIN_MS) return false;
+      void now();
+      return true;
+    },
+  };
 }
 
 const AuthContext = createContext<Auth | null>(null);
@@ -49,31 +78,48 @@ async function mint(identity: LocalIdentity): Promise<LocalSession> {
  * with the local identity key (`web/local-sign-in.ts`). Kept in localStorage, so every tab of this
  * browser is the same person, as with a real sign-in.
  */
+function stored(): LocalSession | null {
+  try {
+    const value = JSON.parse(localStorage.getItem(STORAGE_KEY) ?? 'null') as LocalSession | null;
+    return value && typeof value.token === 'string' && typeof value.email === 'string' ? value : null;
+  } catch {
+    return null;
+  }
+}
+
 export function LocalSignIn({ children }: { children: ReactNode }) {
-  const [session, setSession] = useState<LocalSession | null>(() => {
-    const stored = localStorage.getItem(STORAGE_KEY);
-    return stored ? (JSON.parse(stored) as LocalSession) : null;
-  });
+  const [session, setSession] = useState<LocalSession | null>(stored);
   const keep = useCallback((next: LocalSession | null) => {
     if (next) localStorage.setItem(STORAGE_KEY, JSON.stringify(next));
     else localStorage.removeItem(STORAGE_KEY);
     setSession(next);
   }, []);
+  // Signing out, or in as someone else, in another tab does so here too.
+  useEffect(() => {
+    const follow = (event: StorageEvent) => {
+      if (event.key !== STORAGE_KEY) return;
+      const next = stored();
+      if (!next || next.email !== session?.email || next.tenantId !== session?.tenantId || next.role !== session?.role) setSession(next);
+    };
+    window.addEventListener('storage', follow);
+    return () => window.removeEventListener('storage', follow);
+  }, [session?.email, session?.tenantId, session?.role]);
 
   const auth = useMemo<Auth | null>(() => {
     if (!session) return null;
     let current = session;
-    const refresh = async () => {
+    const renewals = createRenewals(async () => {
       current = await mint(current);
       keep(current);
-    };
+    });
     return {
       who: `${session.email} in ${session.tenantId} (${session.role})`,
       async getToken() {
-        if (current.expiresAt - Date.now() < 30_000) await refresh();
+        if (current.expiresAt - Date.now() < 30_000) void renewals.now();
+        await renewals.settled();
         return current.token;
       },
-      refresh,
+      renewAfterRefusal: renewals.afterRefusal,
       signOut: () => keep(null),
     };
     // A refresh replaces the session object; the auth made for this person stays the same.

@@ -41,14 +41,24 @@ export function appendToMessage(data: MessagePages | undefined, messageId: strin
 /** What a `chat.events` event changes in the query cache. */
 export function applyChatEvent(
   queryClient: QueryClient,
-  keys: { sessions: readonly unknown[]; messagesOf: (sessionId: string) => readonly unknown[]; all: readonly unknown[] },
+  keys: {
+    sessions: readonly unknown[];
+    activeSession: readonly unknown[];
+    messagesOf: (sessionId: string) => readonly unknown[];
+    all: readonly unknown[];
+  },
   event: ChatEvent,
 ) {
   switch (event.type) {
     case 'session.created':
     case 'session.updated':
-    case 'session.deleted':
       void queryClient.invalidateQueries({ queryKey: keys.sessions });
+      return;
+    case 'session.deleted':
+      // Its messages go, and the active session may have been this one.
+      queryClient.removeQueries({ queryKey: keys.messagesOf(event.sessionId) });
+      void queryClient.invalidateQueries({ queryKey: keys.sessions });
+      void queryClient.invalidateQueries({ queryKey: keys.activeSession });
       return;
     case 'message.created':
     case 'reply.completed':

@@ -16,7 +16,9 @@ export function ErrorNotice({ error, retry }: { error: unknown; retry?: () => vo
     );
   }
   const sentence =
-    code === 'FORBIDDEN'
+    code === 'UNAUTHORIZED'
+      ? 'Your sign-in is no longer accepted: sign out, and sign in again.'
+      : code === 'FORBIDDEN'
       ? 'You do not have access to this organization.'
       : code === 'NOT_FOUND'
         ? 'This conversation no longer exists.'

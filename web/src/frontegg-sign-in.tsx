@@ -1,6 +1,6 @@
 import { ContextHolder, FronteggProvider, useAuth as useFrontegg, useAuthActions, useLoginWithRedirect } from '@frontegg/react';
 import { type ReactNode, useEffect, useMemo } from 'react';
-import { type Auth, AuthProvider } from './auth.js';
+import { type Auth, AuthProvider, createRenewals } from './auth.js';
 
 /** Sign-in with Frontegg's hosted login; its SDK keeps the access token fresh. */
 export default function FronteggSignIn({ baseUrl, clientId, children }: { baseUrl: string; clientId: string; children: ReactNode }) {
@@ -11,6 +11,19 @@ export default function FronteggSignIn({ baseUrl, clientId, children }: { baseUr
   );
 }
 
+const currentToken = () => ContextHolder.for('default').getAccessToken();
+
+/** Asks Frontegg's SDK for a new token, and resolves once it holds another one (or after 10 s). */
+async function renewed(request: () => unknown) {
+  const old = currentToken();
+  request();
+  for (let waited = 0; waited < 10_000; waited += 100) {
+    const token = currentToken();
+    if (token && token !== old) return;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
 function SignedIn({ children }: { children: ReactNode }) {
   const { user, isAuthenticated, isLoading } = useFrontegg();
   const { requestAuthorize, logout } = useAuthActions();
@@ -19,18 +32,22 @@ function SignedIn({ children }: { children: ReactNode }) {
     if (!isLoading && !isAuthenticated) void loginWithRedirect();
   }, [isLoading, isAuthenticated, loginWithRedirect]);
 
-  const auth = useMemo<Auth | null>(
-    () =>
-      user
-        ? {
-            who: `${user.email} (${user.tenantId})`,
-            getToken: async () => ContextHolder.for('default').getAccessToken() ?? user.accessToken,
-            refresh: async () => void requestAuthorize(),
-            signOut: () => logout(),
-          }
-        : null,
-    [user, requestAuthorize, logout],
-  );
+  const signedIn = Boolean(user);
+  const auth = useMemo<Auth | null>(() => {
+    if (!signedIn) return null;
+    const renewals = createRenewals(() => renewed(() => requestAuthorize()));
+    return {
+      who: `${user?.email} (${user?.tenantId})`,
+      async getToken() {
+        await renewals.settled();
+        return currentToken() ?? user?.accessToken ?? null;
+      },
+      renewAfterRefusal: renewals.afterRefusal,
+      signOut: () => logout(),
+    };
+    // The SDK renews the token itself: the auth made for a signed-in person stays the same.
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [signedIn, user?.id, requestAuthorize, logout]);
   if (!auth) return <p className="notice">Signing in…</p>;
   return <AuthProvider value={auth}>{children}</AuthProvider>;
 }

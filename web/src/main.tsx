@@ -21,7 +21,7 @@ function SignIn({ children }: { children: ReactNode }) {
       </Suspense>
     );
   }
-  if (import.meta.env.DEV) return <LocalSignIn>{children}</LocalSignIn>;
+  if (__LOCAL_SIGN_IN__) return <LocalSignIn>{children}</LocalSignIn>;
   return <p className="notice">This page was built without VITE_FRONTEGG_BASE_URL and VITE_FRONTEGG_CLIENT_ID: there is no way to sign in.</p>;
 }
 
@@ -33,25 +33,19 @@ function Api({ children }: { children: ReactNode }) {
       new QueryClient({
         defaultOptions: {
           queries: {
-            // 401: a new token, then once more; 503: a few more times; anything else is shown.
+            // 401: once more with a new token (the call waits for it); 503 or no answer: a few
+            // more times; anything else is shown.
             retry: (failures, error) => {
               const code = codeOf(error);
-              if (code === 'UNAUTHORIZED' && failures === 0) {
-                void auth.refresh();
-                return true;
-              }
+              if (code === 'UNAUTHORIZED') return failures === 0 && auth.renewAfterRefusal();
               return (code === 'SERVICE_UNAVAILABLE' || code === undefined) && failures < 3;
             },
-            retryDelay: (failures) => Math.min(500 * 2 ** failures, 5_000),
+            retryDelay: (failures, error) => (codeOf(error) === 'UNAUTHORIZED' ? 0 : Math.min(500 * 2 ** failures, 5_000)),
             refetchOnWindowFocus: false,
           },
           mutations: {
-            retry: (failures, error) => {
-              if (codeOf(error) !== 'UNAUTHORIZED' || failures > 0) return false;
-              void auth.refresh();
-              return true;
-            },
-            retryDelay: 500,
+            retry: (failures, error) => codeOf(error) === 'UNAUTHORIZED' && failures === 0 && auth.renewAfterRefusal(),
+            retryDelay: 0,
           },
         },
       }),

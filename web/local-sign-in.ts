@@ -27,8 +27,10 @@ async function answer(req: IncomingMessage, res: ServerResponse) {
   if (req.method !== 'POST') return send(405, { error: 'Use POST' });
   // Only this page may ask: JSON (so another origin's page must preflight, and is refused), from
   // this dev server's own origin, on this machine (not `--host` on a network).
-  const ownOrigin = `http://${req.headers.host}`;
-  const loopback = ['127.0.0.1', '::1', '::ffff:127.0.0.1'].includes(req.socket.localAddress ?? '');
+  const scheme = (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http';
+  const ownOrigin = `${scheme}://${req.headers.host}`;
+  const address = req.socket.localAddress ?? '';
+  const loopback = address === '::1' || /^(::ffff:)?127\./.test(address);
   if (!req.headers['content-type']?.startsWith('application/json') || req.headers.origin !== ownOrigin || !loopback) {
     return send(403, { error: 'Sign in as works only from this page, on this machine' });
   }

@@ -1,6 +1,6 @@
 import { useQuery, useQueryClient } from '@tanstack/react-query';
 import { useSubscription } from '@trpc/tanstack-react-query';
-import { useEffect, useRef, useState } from 'react';
+import { useCallback, useEffect, useRef, useState } from 'react';
 import { codeOf, useTRPC } from './api.js';
 import { useAuth } from './auth.js';
 import { MESSAGES_PAGE, applyChatEvent } from './chat-cache.js';
@@ -18,12 +18,14 @@ export function App() {
   const [deleted, setDeleted] = useState<ReadonlySet<string>>(new Set());
   const activeId = active.data && !deleted.has(active.data.id) ? active.data.id : null;
   const sessionId = chosen !== null && !deleted.has(chosen) ? chosen : activeId;
-  const forget = (id: string) => setDeleted((before) => new Set(before).add(id));
+  const forget = useCallback((id: string) => setDeleted((before) => (before.has(id) ? before : new Set(before).add(id))), []);
 
   // Once an event has arrived, a reconnection resumes after it (tRPC sends its id). A stream
   // that starts afresh (the first, or one opened again after an error) may have missed changes
   // since the lists were loaded: they are loaded again.
   const resumable = useRef(false);
+  // Refusals of the stream since it last delivered: renewed once, then shown.
+  const refusals = useRef(0);
   const events = useSubscription(
     trpc.chat.events.subscriptionOptions(undefined, {
       onStarted: () => {
@@ -31,6 +33,8 @@ export function App() {
       },
       onData: ({ data }) => {
         resumable.current = true;
+        refusals.current = 0;
+        auth.accepted();
         applyChatEvent(
           queryClient,
           {
@@ -53,10 +57,10 @@ export function App() {
   };
   // Refused for its token: once more with a new one; refused again, the error stands.
   useEffect(() => {
-    if (codeOf(streamError) === 'UNAUTHORIZED' && auth.renewAfterRefusal()) {
-      resumable.current = false;
-      reset();
-    }
+    if (codeOf(streamError) !== 'UNAUTHORIZED' || refusals.current > 0 || !auth.renewAfterRefusal()) return;
+    refusals.current += 1;
+    resumable.current = false;
+    reset();
   }, [streamError, reset, auth]);
 
   return (
@@ -79,7 +83,7 @@ export function App() {
         {active.error && !sessionId ? (
           <ErrorNotice error={active.error} retry={() => void active.refetch()} />
         ) : sessionId ? (
-          <Conversation key={sessionId} sessionId={sessionId} />
+          <Conversation key={sessionId} sessionId={sessionId} onGone={forget} />
         ) : (
           <p className="notice">Loading…</p>
         )}

@@ -1,11 +1,11 @@
 import { useInfiniteQuery, useMutation, useQueryClient } from '@tanstack/react-query';
-import { useLayoutEffect, useRef, useState } from 'react';
-import { type Message, useTRPC } from './api.js';
+import { useEffect, useLayoutEffect, useRef, useState } from 'react';
+import { type Message, codeOf, useTRPC } from './api.js';
 import { MESSAGES_PAGE, upsertMessage } from './chat-cache.js';
 import { ErrorNotice } from './errors.js';
 
 /** One conversation: older pages load as you scroll up; the assistant's reply streams in, with stop. */
-export function Conversation({ sessionId }: { sessionId: string }) {
+export function Conversation({ sessionId, onGone }: { sessionId: string; onGone: (sessionId: string) => void }) {
   const trpc = useTRPC();
   const queryClient = useQueryClient();
   const input = { sessionId, limit: MESSAGES_PAGE };
@@ -22,6 +22,10 @@ export function Conversation({ sessionId }: { sessionId: string }) {
   );
   const stop = useMutation(trpc.chat.stopReply.mutationOptions());
   const [draft, setDraft] = useState('');
+  // Deleted while its deletion went unseen (the stream was down): the page moves on.
+  useEffect(() => {
+    if (codeOf(messages.error) === 'NOT_FOUND') onGone(sessionId);
+  }, [messages.error, onGone, sessionId]);
 
   // Pages come newest first, each oldest first: the conversation reads the other way round.
   const items: Message[] = [...(messages.data?.pages ?? [])].reverse().flatMap((page) => page.items);
@@ -36,8 +40,9 @@ export function Conversation({ sessionId }: { sessionId: string }) {
     if (box) view.current = { height: box.scrollHeight, top: box.scrollTop, atBottom: box.scrollHeight - box.scrollTop - box.clientHeight < 40, firstId: items[0]?.id };
   };
   const loadOlder = () => {
-    if (messages.hasNextPage && !messages.isFetchingNextPage) void messages.fetchNextPage();
+    if (messages.hasNextPage && !messages.isFetchingNextPage && !messages.isFetchNextPageError) void messages.fetchNextPage();
   };
+  const filledFor = useRef(-1);
   useLayoutEffect(() => {
     const box = scroller.current;
     if (!box) return;
@@ -45,8 +50,12 @@ export function Conversation({ sessionId }: { sessionId: string }) {
     if (!before || before.atBottom) box.scrollTop = box.scrollHeight;
     else if (before.firstId !== undefined && items[0]?.id !== before.firstId) box.scrollTop = before.top + (box.scrollHeight - before.height);
     record();
-    // A first page that does not fill the view gives nothing to scroll: the next one loads now.
-    if (box.scrollHeight <= box.clientHeight) loadOlder();
+    // A first page that does not fill the view gives nothing to scroll: the next one loads now
+    // (once for each number of messages, so that a failing page is not asked for again and again).
+    if (box.scrollHeight <= box.clientHeight && filledFor.current !== items.length) {
+      filledFor.current = items.length;
+      loadOlder();
+    }
   });
 
   return (
@@ -72,7 +81,16 @@ export function Conversation({ sessionId }: { sessionId: string }) {
           </article>
         ))}
       </div>
-      {send.error && <ErrorNotice error={send.error} retry={() => send.variables && send.mutate(send.variables)} />}
+      {send.error && (
+        <ErrorNotice
+          error={send.error}
+          retry={() => {
+            if (!send.variables) return;
+            if (view.current) view.current.atBottom = true;
+            send.mutate(send.variables, { onSuccess: () => setDraft('') });
+          }}
+        />
+      )}
       {stop.error && <ErrorNotice error={stop.error} retry={() => stop.mutate({ sessionId })} />}
       <form
         className="composer"

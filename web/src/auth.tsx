@@ -8,10 +8,13 @@ export interface Auth {
   getToken(): Promise<string | null>;
   /**
    * After a 401: renews the token (one renewal at a time) and says whether to call again, with the
-   * token `getToken` will then give. Not again within 30 s of a renewal that has finished: a sign-in
-   * the API refuses with a new token too will not do better a third time, and the 401 stands.
+   * token `getToken` will then give. A call may have gone out with the old token and come back
+   * after the renewal: if the API has accepted a call since, it is simply made again. If it has
+   * not, within 30 s of a renewal, the new token is refused too, and the 401 stands.
    */
   renewAfterRefusal(): boolean;
+  /** The API accepted a call: the token in use is good. */
+  accepted(): void;
   signOut(): void;
 }
 
@@ -21,21 +24,27 @@ const REFUSED_AGAIN_MS = 30_000;
 export function createRenewals(renew: () => Promise<void>) {
   let underWay: Promise<void> | undefined;
   let finishedAt = 0;
+  let acceptedSince = false;
   const now = () =>
     (underWay ??= renew()
       .catch(() => {})
       .finally(() => {
         underWay = undefined;
         finishedAt = Date.now();
+        acceptedSince = false;
       }));
   return {
     now,
     /** Resolves once no renewal is under way. */
     settled: () => underWay ?? Promise.resolve(),
     afterRefusal(): boolean {
-      if (!underWay && Date.now() - finishedAt < REFUSED_AGAIN_MS) return false;
+      if (underWay || acceptedSince) return true;
+      if (Date.now() - finishedAt < REFUSED_AGAIN_MS) return false;
       void now();
       return true;
+    },
+    accepted() {
+      if (!underWay) acceptedSince = true;
     },
   };
 }
@@ -108,9 +117,13 @@ export function LocalSignIn({ children }: { children: ReactNode }) {
   const auth = useMemo<Auth | null>(() => {
     if (!session) return null;
     let current = session;
+    let signedOut = false;
     const renewals = createRenewals(async () => {
-      current = await mint(current);
-      keep(current);
+      const next = await mint(current);
+      // Signed out meanwhile (here or in another tab): the new token is dropped, not stored back.
+      if (signedOut || !stored()) return;
+      current = next;
+      keep(next);
     });
     return {
       who: `${session.email} in ${session.tenantId} (${session.role})`,
@@ -120,7 +133,11 @@ export function LocalSignIn({ children }: { children: ReactNode }) {
         return current.token;
       },
       renewAfterRefusal: renewals.afterRefusal,
-      signOut: () => keep(null),
+      accepted: renewals.accepted,
+      signOut: () => {
+        signedOut = true;
+        keep(null);
+      },
     };
     // A refresh replaces the session object; the auth made for this person stays the same.
     // eslint-disable-next-line react-hooks/exhaustive-deps

@@ -13,17 +13,6 @@ export default function FronteggSignIn({ baseUrl, clientId, children }: { baseUr
 
 const currentToken = () => ContextHolder.for('default').getAccessToken();
 
-/** Asks Frontegg's SDK for a new token, and resolves once it holds another one (or after 10 s). */
-async function renewed(request: () => unknown) {
-  const old = currentToken();
-  request();
-  for (let waited = 0; waited < 10_000; waited += 100) {
-    const token = currentToken();
-    if (token && token !== old) return;
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
-
 function SignedIn({ children }: { children: ReactNode }) {
   const { user, isAuthenticated, isLoading } = useFrontegg();
   const { requestAuthorize, logout } = useAuthActions();
@@ -35,7 +24,8 @@ function SignedIn({ children }: { children: ReactNode }) {
   const signedIn = Boolean(user);
   const auth = useMemo<Auth | null>(() => {
     if (!signedIn) return null;
-    const renewals = createRenewals(() => renewed(() => requestAuthorize()));
+    // The SDK's silent refresh; its token is read from the SDK on every call.
+    const renewals = createRenewals(async () => void (await requestAuthorize()));
     return {
       who: `${user?.email} (${user?.tenantId})`,
       async getToken() {
@@ -43,11 +33,12 @@ function SignedIn({ children }: { children: ReactNode }) {
         return currentToken() ?? user?.accessToken ?? null;
       },
       renewAfterRefusal: renewals.afterRefusal,
+      accepted: renewals.accepted,
       signOut: () => logout(),
     };
     // The SDK renews the token itself: the auth made for a signed-in person stays the same.
     // eslint-disable-next-line react-hooks/exhaustive-deps
-  }, [signedIn, user?.id, requestAuthorize, logout]);
+  }, [signedIn, user?.id, user?.tenantId, requestAuthorize, logout]);
   if (!auth) return <p className="notice">Signing in…</p>;
   return <AuthProvider value={auth}>{children}</AuthProvider>;
 }

@@ -1,4 +1,4 @@
-import { QueryClient, QueryClientProvider } from '@tanstack/react-query';
+import { MutationCache, QueryCache, QueryClient, QueryClientProvider } from '@tanstack/react-query';
 import { createTRPCClient } from '@trpc/client';
 import { type ReactNode, StrictMode, Suspense, lazy, useState } from 'react';
 import { createRoot } from 'react-dom/client';
@@ -31,6 +31,9 @@ function Api({ children }: { children: ReactNode }) {
   const [queryClient] = useState(
     () =>
       new QueryClient({
+        // Any answer tells the sign-in its token is good (see `renewAfterRefusal`).
+        queryCache: new QueryCache({ onSuccess: () => auth.accepted() }),
+        mutationCache: new MutationCache({ onSuccess: () => auth.accepted() }),
         defaultOptions: {
           queries: {
             // 401: once more with a new token (the call waits for it); 503 or no answer: a few
@@ -60,12 +63,20 @@ function Api({ children }: { children: ReactNode }) {
   );
 }
 
+/** The API's client and cache belong to one person: another sign-in gets new ones. */
+function SignedIn() {
+  const { who } = useAuth();
+  return (
+    <Api key={who}>
+      <App />
+    </Api>
+  );
+}
+
 createRoot(document.getElementById('root')!).render(
   <StrictMode>
     <SignIn>
-      <Api>
-        <App />
-      </Api>
+      <SignedIn />
     </SignIn>
   </StrictMode>,
 );

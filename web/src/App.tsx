@@ -51,17 +51,17 @@ export function App() {
     }),
   );
   const { error: streamError, reset } = events;
-  const resubscribe = () => {
+  // A new stream, which starts afresh.
+  const resubscribe = useCallback(() => {
     resumable.current = false;
     reset();
-  };
+  }, [reset]);
   // Refused for its token: once more with a new one; refused again, the error stands.
   useEffect(() => {
     if (codeOf(streamError) !== 'UNAUTHORIZED' || refusals.current > 0 || !auth.renewAfterRefusal()) return;
     refusals.current += 1;
-    resumable.current = false;
-    reset();
-  }, [streamError, reset, auth]);
+    resubscribe();
+  }, [streamError, resubscribe, auth]);
 
   return (
     <div className="app">

@@ -28,8 +28,8 @@ interface Provisioning {
 /**
  * The rows provisioned recently for each person in each organization, with the claims they were
  * provisioned from. A token whose claims differ in anything provisioning writes (roles, email,
- * name, picture, verified flag, or the time they held as of) finds no entry and provisions again at
- * once, so a demotion is never answered from here. What Frontegg's webhooks change is forgotten
+ * name, picture, verified flag) finds no entry and provisions again at once, so a demotion is never
+ * answered from here; a new token with the same claims (a refresh) does not, whatever its `iat`. What Frontegg's webhooks change is forgotten
  * on every instance at once (`forget`); what changes in the database without either (a membership
  * deactivated by an operator) is seen once the entry is older than `ttlMs`.
  */
@@ -120,9 +120,7 @@ function sameClaims(a: IdentityClaims, b: IdentityClaims): boolean {
     a.name === b.name &&
     a.avatarUrl === b.avatarUrl &&
     a.emailVerified === b.emailVerified &&
-    sameRoles(a.roles, b.roles) &&
-    // A newer token may write what a webhook wrote since the older one was provisioned.
-    a.asOf?.getTime() === b.asOf?.getTime()
+    sameRoles(a.roles, b.roles)
   );
 }
 

@@ -66,6 +66,11 @@ export interface MembershipChange {
   organizationId?: string | undefined;
 }
 
+/** Whether `change` concerns the membership of `userId` in `organizationId` (an id it leaves out matches any). */
+export function changeConcerns(change: MembershipChange, { userId, organizationId }: SessionOwner): boolean {
+  return (change.userId ?? userId) === userId && (change.organizationId ?? organizationId) === organizationId;
+}
+
 /** What a notification on the channel says; `undefined` for anything else (heartbeats). */
 export type Notification =
   /** `<stream key> <newest seq>`: the member's events up to `seq` are committed. */

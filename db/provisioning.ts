@@ -329,8 +329,8 @@ export async function markUserDeletedById(db: Database, { userId }: { userId: st
 /**
  * Frontegg deleted the tenant: every membership of the organization is removed, and any made later
  * is created removed, until Frontegg creates the tenant again (`restoreOrganizationById`). An
- * organization never seen is recorded as deleted, so that no still-valid token provisions it. One transaction; a repeat changes nothing. Returns how many
- * memberships it removed now.
+ * organization never seen is recorded as deleted, so that no still-valid token provisions it. One
+ * transaction; a repeat changes nothing. Returns how many memberships it removed now.
  */
 export async function markOrganizationDeletedById(db: Database, { organizationId }: { organizationId: string }): Promise<number> {
   return inTransactionWithSlug(db, organizationId, async (tx, slug) => {

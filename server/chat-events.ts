@@ -5,6 +5,7 @@ import {
   type ChatEvent,
   type LoggedChatEvent,
   type MembershipChange,
+  changeConcerns,
   deleteEventsRecordedBefore,
   eventStreamKey,
   getEventsAfter,
@@ -106,12 +107,7 @@ export function createChatEventHub(options: ChatEventHubOptions) {
   function membershipChanged(change: MembershipChange) {
     options.onMembershipChanged?.(change);
     for (const list of streams.values()) {
-      for (const stream of list) {
-        const { userId, organizationId } = stream.owner;
-        if ((change.userId ?? userId) === userId && (change.organizationId ?? organizationId) === organizationId) {
-          void stream.checkMembership();
-        }
-      }
+      for (const stream of list) if (changeConcerns(change, stream.owner)) void stream.checkMembership();
     }
   }
 

@@ -17,6 +17,13 @@ const httpUrl = z
   .url({ protocol: /^https?$/, error: 'must be an http(s) URL' })
   .transform((value) => value.replace(/\/+$/, ''));
 
+/** A comma-separated list, its entries trimmed and empty ones dropped; `undefined` when unset. */
+const commaSeparated = (value: string | undefined) =>
+  value
+    ?.split(',')
+    .map((entry) => entry.trim())
+    .filter(Boolean);
+
 /** A whole number within [min, max], with a default. */
 function wholeNumber(fallback: number, min: number, max: number) {
   const message = `must be a whole number from ${min} to ${max}`;
@@ -46,12 +53,7 @@ const envSchema = z.object({
   FRONTEGG_ISSUER: optionalString,
   FRONTEGG_JWKS_URL: optionalString.pipe(httpUrl.optional()),
   FRONTEGG_AUDIENCE: optionalString
-    .transform((value) =>
-      value
-        ?.split(',')
-        .map((entry) => entry.trim())
-        .filter(Boolean),
-    )
+    .transform(commaSeparated)
     // A list with no entries would quietly turn the audience check off.
     .refine((audiences) => audiences === undefined || audiences.length > 0, {
       error: 'must name at least one audience (comma-separated), or be unset',
@@ -90,7 +92,7 @@ const envSchema = z.object({
   LLM_CONTEXT_MAX_CHARACTERS: wholeNumber(48_000, 1_000, 10_000_000),
   LLM_REPLY_LEASE_SECONDS: wholeNumber(DEFAULT_REPLY_LEASE_MS / 1000, 3, 3_600),
   CORS_ORIGINS: optionalString.transform((value, context) => {
-    const origins = value?.split(',').map((entry) => entry.trim()).filter(Boolean) ?? [];
+    const origins = commaSeparated(value) ?? [];
     const bad = origins.find((origin) => !URL.canParse(origin) || new URL(origin).origin !== origin);
     if (bad !== undefined) {
       context.addIssue({ code: 'custom', message: `must list exact origins (scheme://host[:port], no path or trailing slash), comma-separated; "${bad}" is not one` });

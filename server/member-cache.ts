@@ -1,5 +1,5 @@
 import { LRUCache } from 'lru-cache';
-import type { MembershipChange } from '../db/chat-events.js';
+import { type MembershipChange, changeConcerns } from '../db/chat-events.js';
 import type { IdentityClaims, ProvisionedIdentity } from '../db/provisioning.js';
 
 /** The caller's rows, as `protectedProcedure` hands them to procedures. */
@@ -29,8 +29,9 @@ interface Provisioning {
  * The rows provisioned recently for each person in each organization, with the claims they were
  * provisioned from. A token whose claims differ in anything provisioning writes (roles, email,
  * name, picture, verified flag) finds no entry and provisions again at once, so a demotion is never
- * answered from here; a new token with the same claims (a refresh) does not, whatever its `iat`. What Frontegg's webhooks change is forgotten
- * on every instance at once (`forget`); what changes in the database without either (a membership
+ * answered from here; a new token with the same claims (a refresh) does not, whatever its `iat`.
+ * What Frontegg's webhooks change is forgotten on every instance at once (`forget`); what changes
+ * in the database without either (a membership
  * deactivated by an operator) is seen once the entry is older than `ttlMs`.
  */
 export function createMemberCache({
@@ -88,10 +89,9 @@ export function createMemberCache({
      * Forgets the rows of the memberships that changed (`{}`: everyone's), and the provisionings
      * of them under way: the next request of each of those people reads the database.
      */
-    forget({ userId, organizationId }: MembershipChange) {
+    forget(change: MembershipChange) {
       generation += 1;
-      const concerned = (claims: IdentityClaims) =>
-        (userId ?? claims.userId) === claims.userId && (organizationId ?? claims.tenantId) === claims.tenantId;
+      const concerned = (claims: IdentityClaims) => changeConcerns(change, { userId: claims.userId, organizationId: claims.tenantId });
       for (const [person, entry] of [...(remembered?.entries() ?? [])]) if (concerned(entry.claims)) remembered?.delete(person);
       for (const [person, provisioning] of [...underWay]) if (concerned(provisioning.claims)) underWay.delete(person);
     },

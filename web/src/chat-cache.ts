@@ -14,27 +14,25 @@ type MessagePages = InfiniteData<{ items: Message[]; nextCursor: string | null }
 export function upsertMessage(data: MessagePages | undefined, message: Message, { keep = false } = {}): MessagePages | undefined {
   if (!data) return data;
   let found = false;
-  const pages = data.pages.map((page) => ({
-    ...page,
-    items: page.items.map((item) => {
-      if (item.id !== message.id) return item;
-      found = true;
-      return keep ? item : message;
-    }),
-  }));
-  if (!found && pages[0]) pages[0] = { ...pages[0], items: [...pages[0].items, message] };
-  return { ...data, pages };
+  const updated = withMessage(data, message.id, (item) => {
+    found = true;
+    return keep ? item : message;
+  });
+  const [newest, ...older] = updated.pages;
+  if (found || !newest) return updated;
+  return { ...updated, pages: [{ ...newest, items: [...newest.items, message] }, ...older] };
 }
 
 /** Appends a reply's next piece of text to its message, where it is loaded. */
 export function appendToMessage(data: MessagePages | undefined, messageId: string, text: string): MessagePages | undefined {
-  if (!data) return data;
+  return data && withMessage(data, messageId, (item) => ({ ...item, content: item.content + text }));
+}
+
+/** The pages with the message `id`, where loaded, replaced by what `change` makes of it. */
+function withMessage(data: MessagePages, id: string, change: (message: Message) => Message): MessagePages {
   return {
     ...data,
-    pages: data.pages.map((page) => ({
-      ...page,
-      items: page.items.map((item) => (item.id === messageId ? { ...item, content: item.content + text } : item)),
-    })),
+    pages: data.pages.map((page) => ({ ...page, items: page.items.map((item) => (item.id === id ? change(item) : item)) })),
   };
 }
 

@@ -163,7 +163,8 @@ describe.skipIf(!databaseUrl)('with the database behind a proxy that the test cu
           const { message } = await client.chat.sendMessage.mutate({ sessionId: session.id, content });
           acknowledged.set(message.id, content);
         } catch (error) {
-          refusals.push((error as { data?: { httpStatus?: number } }).data?.httpStatus);
+          const { data, message } = error as { data?: { httpStatus?: number }; message: string };
+          refusals.push(data?.httpStatus === 429 ? `429 ${message}` : data?.httpStatus);
         }
       }
     }
@@ -177,7 +178,11 @@ describe.skipIf(!databaseUrl)('with the database behind a proxy that the test cu
     // Both happened: writes before, during and after the outage.
     expect(acknowledged.size).toBeGreaterThan(0);
     expect(refusals.length).toBeGreaterThan(0);
-    expect(new Set(refusals)).toEqual(new Set([503]));
+    // A call the outage timed out (503) holds its place among the person's heavy calls until its
+    // statement ends, so a writer's next call may find them all taken: 429, also nothing written.
+    expect(refusals).toContain(503);
+    const tooMany = '429 You have too many requests in progress; try again shortly';
+    expect(new Set(refusals.filter((status) => status !== 503 && status !== tooMany))).toEqual(new Set());
     // Read past the proxy, straight from the database.
     const stored = await app.db
       .select({ id: chatMessages.id, content: chatMessages.content })

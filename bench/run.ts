@@ -10,8 +10,8 @@
 // the servers take turns, so the bench database's counts, reset before a server's round and read
 // right after it, are that server's. Without the extension (PostgreSQL not loading its library,
 // or no PostgreSQL at all) those columns read n/a and the report says how to enable it. RS256
-// checks are counted in each server process by the token verifier's accept hook, the one hook
-// `startServer` takes, and collected over IPC.
+// checks are what ours reports on its Prometheus metrics port (the seed's verifier reports them
+// through its accept hook), collected over IPC.
 import { type ChildProcess, fork } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -138,8 +138,11 @@ async function startServer(name: Name, extra: NodeJS.ProcessEnv = {}) {
       child.send('counters' satisfies ServerMessage);
       return ((await answer) as [{ counters: Counters }])[0].counters;
     },
-    reset() {
+    /** Resolves once the server has taken its counts' starting point. */
+    async reset() {
+      const answer = once(child, 'message');
       child.send('reset' satisfies ServerMessage);
+      await answer;
     },
   };
 }
@@ -175,8 +178,8 @@ async function compare(scenario: string, contenders: { server: Server; tokens: s
     if (round % 2 === 1) order.reverse();
     for (const index of order) {
       const { server, tokens } = contenders[index]!;
-      const { result, counts } = await statementCounter.measure(() => {
-        server.reset();
+      const { result, counts } = await statementCounter.measure(async () => {
+        await server.reset();
         return load({ ...base(server, tokens), durationSeconds: MEASURE_SECONDS });
       });
       rounds[index]!.push(result);
@@ -213,8 +216,8 @@ function addStatements(total: StatementCounts | undefined, more: StatementCounts
 
 /** Each token once: every request is its person's first. */
 async function firstLogins(scenario: string, server: Server, tokens: string[]): Promise<Row> {
-  const { result, counts } = await statementCounter.measure(() => {
-    server.reset();
+  const { result, counts } = await statementCounter.measure(async () => {
+    await server.reset();
     return load({ url: server.url, path: PATH, tokens, connections: CONNECTIONS, amount: tokens.length });
   });
   const row = {

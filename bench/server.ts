@@ -1,8 +1,9 @@
 // One server under test, in a process of its own so that it has the event loop to itself:
 // `node --import tsx bench/server.ts <floor|seed|ours>`, started by bench/run.ts with the
 // environment `npm start` reads. It reports its URL over IPC and answers requests for its
-// counters: the RS256 checks its verifier reports through its accept hook. Statements are not
-// counted here; PostgreSQL counts them (bench/statements.ts).
+// counters: the RS256 checks, which ours reports on its metrics port as in production
+// (`chat_token_verifications_total`), and the seed's verifier through its accept hook. Statements
+// are not counted here; PostgreSQL counts them (bench/statements.ts).
 import { pino } from 'pino';
 import { startServer } from '../server/app.js';
 import { loadConfig } from '../server/config.js';
@@ -13,24 +14,37 @@ import { startSeedServer } from './seed.js';
 const kind = process.argv[2];
 const config = loadConfig();
 const log = pino({ level: 'error' });
-let counters: Counters = newCounters();
+let seedCounters: Counters = newCounters();
 const onTokenAccepted = (how: 'signature' | 'remembered') => {
-  if (how === 'signature') counters.signatureChecks += 1;
+  if (how === 'signature') seedCounters.signatureChecks += 1;
 };
 
+const ours = kind === 'ours' ? await startServer({ ...config, metrics: { port: 0, host: '127.0.0.1' } }, log) : undefined;
 const server =
-  kind === 'ours'
-    ? await startServer(config, log, { onTokenAccepted })
-    : kind === 'seed'
-      ? await startSeedServer(config, { onTokenAccepted })
-      : kind === 'floor'
-        ? await startFloorServer(config)
-        : undefined;
+  ours ??
+  (kind === 'seed' ? await startSeedServer(config, { onTokenAccepted }) : kind === 'floor' ? await startFloorServer(config) : undefined);
 if (!server) throw new Error(`unknown server kind ${kind}; expected floor, seed or ours`);
+const metricsUrl = ours?.metricsUrl;
 
-process.on('message', (message: ServerMessage) => {
-  if (message === 'reset') counters = newCounters();
-  if (message === 'counters') process.send?.({ counters });
+/** The RS256 checks ours has reported on its metrics port so far. */
+async function signatureChecksReported(url: string) {
+  const text = await (await fetch(url)).text();
+  return Number(/^chat_token_verifications_total\{method="signature"\} (\S+)$/m.exec(text)?.[1] ?? Number.NaN);
+}
+let reportedAtReset = metricsUrl ? await signatureChecksReported(metricsUrl) : 0;
+
+async function counters(): Promise<Counters> {
+  if (!metricsUrl) return seedCounters;
+  return { signatureChecks: (await signatureChecksReported(metricsUrl)) - reportedAtReset };
+}
+
+process.on('message', async (message: ServerMessage) => {
+  if (message === 'reset') {
+    seedCounters = newCounters();
+    if (metricsUrl) reportedAtReset = await signatureChecksReported(metricsUrl);
+    process.send?.({ reset: true });
+  }
+  if (message === 'counters') process.send?.({ counters: await counters() });
   if (message === 'stop') void server.close().then(() => process.exit(0));
 });
 process.send?.({ url: server.url });

@@ -41,6 +41,13 @@ export interface DatabaseHandle {
    * reconnected it (what was sent meanwhile is lost). Resolves once listening.
    */
   listen(channel: string, onNotification: (payload: string) => void, onListening: () => void): Promise<Listener>;
+  /**
+   * The pool now: its size, the connections running a statement or holding a transaction, and
+   * the statements and transactions beyond those, waiting for one (queued, or sent behind
+   * another statement on a busy connection, as postgres.js does). Counted as the data-access code
+   * sends them; migrations and the LISTEN connection are apart.
+   */
+  pool(): { size: number; inUse: number; waiting: number };
   close(): Promise<void>;
 }
 
@@ -156,13 +163,15 @@ function openPostgres(
     },
   };
   const client = postgres(url, options);
-  const db = drizzlePostgres(transactionMode ? everyStatementInTransaction(client, timeouts) : client, {
+  const use = countingUse(transactionMode ? everyStatementInTransaction(client, timeouts) : client, ['unsafe', 'begin'], poolSize);
+  const db = drizzlePostgres(use.client, {
     schema,
     logger: statementLogger(onStatement),
   });
   return {
     db,
     kind: 'postgres',
+    pool: use.pool,
     async migrate() {
       // A session-level advisory lock needs one connection for lock, migrations and unlock: a
       // direct one, as a transaction-mode pooler would hand each statement to any server connection.
@@ -301,10 +310,13 @@ function everyStatementInTransaction(client: postgres.Sql, timeouts: Record<stri
 function openPglite(dataDir: string | undefined, { onStatement }: DatabaseObserver): DatabaseHandle {
   const release = dataDir ? claimPgliteDataDir(dataDir) : () => {};
   const client = new PGlite(dataDir);
-  const db = drizzlePglite(client, { schema, logger: statementLogger(onStatement) });
+  // One connection, in this process: PGlite runs one statement or transaction at a time.
+  const use = countingUse(client, ['query', 'transaction'], 1);
+  const db = drizzlePglite(use.client, { schema, logger: statementLogger(onStatement) });
   return {
     db,
     kind: 'pglite',
+    pool: use.pool,
     // PGlite lives inside this process, which holds its data folder, so no other instance can race.
     migrate: () => migratePglite(db, { migrationsFolder }),
     ping: () => ping(db),
@@ -319,6 +331,43 @@ function openPglite(dataDir: string | undefined, { onStatement }: DatabaseObserv
       await client.close();
       release();
     },
+  };
+}
+
+/**
+ * `client` as Drizzle sees it, counting the calls of `methods` (Drizzle's ways in: a statement,
+ * or a transaction, which holds one connection throughout) from when they are sent until they
+ * settle. Each method answers a promise, or (postgres.js's `unsafe`) a statement that runs when
+ * awaited, or by `.values()` then awaited: all Drizzle does with it.
+ */
+function countingUse<Client extends object>(client: Client, methods: readonly string[], size: number) {
+  let active = 0;
+  const counted = <T>(work: PromiseLike<T>): Promise<T> => {
+    active += 1;
+    return Promise.resolve(work).finally(() => {
+      active -= 1;
+    });
+  };
+  const wrapped = new Proxy(client, {
+    get(target, key) {
+      // Read from and bound to the client itself: PGlite's methods use private fields.
+      const value: unknown = Reflect.get(target, key);
+      if (typeof value !== 'function') return value;
+      if (typeof key !== 'string' || !methods.includes(key)) return value.bind(target);
+      return (...args: unknown[]) => {
+        const sent = value.apply(target, args) as PromiseLike<unknown> & { values?: () => PromiseLike<unknown> };
+        if (typeof sent.values !== 'function') return counted(sent);
+        const statement = sent as typeof sent & { values: () => PromiseLike<unknown> };
+        return {
+          values: () => counted(statement.values()),
+          then: <A, B>(onfulfilled?: (rows: unknown) => A, onrejected?: (error: unknown) => B) => counted(statement).then(onfulfilled, onrejected),
+        };
+      };
+    },
+  });
+  return {
+    client: wrapped,
+    pool: () => ({ size, inUse: Math.min(active, size), waiting: Math.max(0, active - size) }),
   };
 }
 

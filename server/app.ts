@@ -1,7 +1,7 @@
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { type Database, openDatabase } from '../db/database.js';
-import { type AccessTokenVerifier, type AccessTokenVerifierOptions, createAccessTokenVerifier } from './auth/access-token.js';
+import { type AccessTokenVerifier, createAccessTokenVerifier } from './auth/access-token.js';
 import { createRemoteKeySet } from './auth/key-set.js';
 import { LOCAL_AUDIENCE, LOCAL_ISSUER, createLocalKeySet, loadOrCreateLocalSigningKey } from './auth/local-identity.js';
 import type { Config } from './config.js';
@@ -13,26 +13,25 @@ import { createMemberCache } from './member-cache.js';
 import { createChatEventHub } from './chat-events.js';
 import { createLanguageModel, modelNameOf } from './language-model.js';
 import { type ReplyRunner, createReplyRunner, startSweepingAbandonedReplies } from './replies.js';
+import { type Metrics, countReply, createMetrics, serveMetrics, watchState } from './metrics.js';
+import { createWriteLimit } from './write-limit.js';
 
 /** How often event streams check the membership when the member cache is off (`MEMBER_CACHE_TTL_SECONDS=0`). */
 const DEFAULT_MEMBERSHIP_CHECK_MS = 5_000;
 
 export interface RunningServer {
   url: string;
+  /** Where Prometheus scrapes, when `METRICS_PORT` is set. */
+  metricsUrl: string | undefined;
   /** Stops accepting connections, lets in-flight requests finish, then closes the database. */
   close(): Promise<void>;
-}
-
-/** Told how each accepted token was accepted (`npm run bench` counts RS256 checks with it). */
-export interface ServerObservers {
-  onTokenAccepted?: AccessTokenVerifierOptions['onAccepted'];
 }
 
 /**
  * Opens the database, applies pending migrations and builds the parts the server is made of from
  * `config`: what `startServer` serves, and what `npm run bench` measures without HTTP.
  */
-export async function openServerDeps(config: Config, log: Logger, observers: ServerObservers = {}) {
+export async function openServerDeps(config: Config, log: Logger) {
   const database = openDatabase(config.database);
   // First: behind a pooler it did not expect, the migration lock could be taken on one server
   // connection and released on another.
@@ -40,6 +39,7 @@ export async function openServerDeps(config: Config, log: Logger, observers: Ser
   await database.migrate();
   const poolMode = config.database.kind === 'postgres' ? (config.database.poolMode ?? 'session') : undefined;
   log.info({ database: database.kind, poolMode }, 'Database ready, migrations applied');
+  const metrics = createMetrics();
   const members = createMemberCache(config.memberCache);
   const chatEvents = createChatEventHub({
     db: database.db,
@@ -52,8 +52,9 @@ export async function openServerDeps(config: Config, log: Logger, observers: Ser
     onMembershipChanged: (change) => members.forget(change),
   });
   await chatEvents.start();
+  watchState(metrics, { pool: database.pool, chatEvents: chatEvents.stats });
   if (config.fronteggWebhookSecret) log.info({ path: '/webhooks/frontegg' }, 'Accepting Frontegg webhooks');
-  const replies = createConfiguredReplies(config.assistant, database.db, log);
+  const replies = createConfiguredReplies(config.assistant, database.db, log, metrics);
   await replies?.start();
   // Without an assistant, replies an earlier deployment left streaming still end.
   const sweeper =
@@ -61,12 +62,14 @@ export async function openServerDeps(config: Config, log: Logger, observers: Ser
   const deps: HttpServerDeps = {
     db: database.db,
     log,
-    verifyAccessToken: await createConfiguredVerifier(config, log, observers.onTokenAccepted),
+    verifyAccessToken: await createConfiguredVerifier(config, log, metrics),
     cursors: await createSharedCursorCodec(database.db),
     pingDatabase: database.ping,
     procedureTimeoutMs: config.procedureTimeoutMs,
     members,
     heavyCalls: createInFlightLimit(config.heavyCallsPerPerson),
+    writes: createWriteLimit(config.writesPerMinute),
+    metrics,
     chatEvents,
     replies,
     idleTimeoutMs: config.idleTimeoutMs,
@@ -78,17 +81,20 @@ export async function openServerDeps(config: Config, log: Logger, observers: Ser
 }
 
 /** Opens the database, applies pending migrations and listens. */
-export async function startServer(config: Config, log: Logger, observers: ServerObservers = {}): Promise<RunningServer> {
-  const { deps, database, sweeper } = await openServerDeps(config, log, observers);
+export async function startServer(config: Config, log: Logger): Promise<RunningServer> {
+  const { deps, database, sweeper } = await openServerDeps(config, log);
   const server = createHttpServer(deps);
   server.listen(config.port, config.host);
   await once(server, 'listening');
   const { port } = server.address() as AddressInfo;
   const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
   log.info({ url, port }, 'Listening');
+  const metricsServer = config.metrics && (await serveMetrics(deps.metrics, config.metrics));
+  if (metricsServer) log.info({ url: metricsServer.url }, 'Serving Prometheus metrics');
 
   return {
     url,
+    metricsUrl: metricsServer?.url,
     async close() {
       const closed = once(server, 'close');
       // Since Node 19, close() also closes the keep-alive connections idle at that moment.
@@ -108,13 +114,14 @@ export async function startServer(config: Config, log: Logger, observers: Server
       // database is still open. Subscribers on other instances see them end.
       await deps.replies?.close();
       await sweeper?.stop();
+      await metricsServer?.close();
       await database.close();
     },
   };
 }
 
 /** The reply runner `assistant` asks for, or none; says in the log what replies come from. */
-function createConfiguredReplies(assistant: Config['assistant'], db: Database, log: Logger): ReplyRunner | undefined {
+function createConfiguredReplies(assistant: Config['assistant'], db: Database, log: Logger, metrics: Metrics): ReplyRunner | undefined {
   if (assistant.mode === 'off') {
     log.info('Assistant replies off (ASSISTANT_REPLIES=off): the LLM_* settings but LLM_REPLY_LEASE_SECONDS are not used');
     return undefined;
@@ -129,7 +136,15 @@ function createConfiguredReplies(assistant: Config['assistant'], db: Database, l
     }
     log.info({ model: model.model, baseUrl }, 'Assistant replies on');
   }
-  return createReplyRunner({ ...assistant, db, log, model: createLanguageModel(model), modelName: modelNameOf(model) });
+  const modelName = modelNameOf(model);
+  return createReplyRunner({
+    ...assistant,
+    db,
+    log,
+    model: createLanguageModel(model),
+    modelName,
+    onEnded: (outcome, usage) => countReply(metrics, modelName, outcome, usage),
+  });
 }
 
 async function createConfiguredVerifier(
@@ -139,12 +154,19 @@ async function createConfiguredVerifier(
     tokenCacheMaxBytes: cacheMaxBytes,
   }: Pick<Config, 'identity' | 'tokenCacheEntries' | 'tokenCacheMaxBytes'>,
   log: Logger,
-  onAccepted: AccessTokenVerifierOptions['onAccepted'],
+  metrics: Metrics,
 ): Promise<AccessTokenVerifier> {
+  const onAccepted = (method: 'signature' | 'remembered') => metrics.tokenVerifications.inc({ method });
   if (identity.mode === 'frontegg') {
     log.info({ issuer: identity.issuer, jwksUrl: identity.jwksUrl, audience: identity.audience }, 'Verifying Frontegg tokens');
     return createAccessTokenVerifier({
-      keySet: createRemoteKeySet({ jwksUrl: identity.jwksUrl, issuer: identity.issuer, ...identity.keySet, log }),
+      keySet: createRemoteKeySet({
+        jwksUrl: identity.jwksUrl,
+        issuer: identity.issuer,
+        ...identity.keySet,
+        log,
+        onFetched: (outcome) => metrics.keySetFetches.inc({ outcome }),
+      }),
       issuer: identity.issuer,
       audience: identity.audience,
       cacheEntries,

@@ -87,6 +87,7 @@ export function createChatEventHub(options: ChatEventHubOptions) {
   const streams = new Map<string, MemberStream[]>();
   const perPerson = createInFlightLimit(options.subscriptionsPerPerson);
   const memory: RecentMemory = { bytes: 0, limit: RECENT_TOTAL_MAX_BYTES };
+  const sent: SentCount = { events: 0 };
   let open = 0;
   let listener: Listener | undefined;
   let lastHeardAt = Date.now();
@@ -166,6 +167,7 @@ export function createChatEventHub(options: ChatEventHubOptions) {
         db,
         log,
         memory,
+        sent,
         membershipCheckMs: options.membershipCheckMs,
         onEmpty: (emptied) => {
           const remaining = (streams.get(key) ?? []).filter((other) => other !== emptied);
@@ -236,8 +238,8 @@ export function createChatEventHub(options: ChatEventHubOptions) {
     },
 
     /**
-     * Streams (members with subscribers here), subscriptions open now, and the bytes their recent
-     * events take.
+     * Streams (members with subscribers here), subscriptions open now, the bytes their recent
+     * events take, and the events sent to subscribers since the hub started.
      */
     stats() {
       let members = 0;
@@ -248,7 +250,7 @@ export function createChatEventHub(options: ChatEventHubOptions) {
           subscriptions += stream.size;
         }
       }
-      return { members, subscriptions, recentBytes: memory.bytes };
+      return { members, subscriptions, recentBytes: memory.bytes, eventsSent: sent.events };
     },
 
     /** Ends every subscription with SERVICE_UNAVAILABLE (clients reconnect elsewhere) and stops listening. */
@@ -269,10 +271,16 @@ interface RecentMemory {
   limit: number;
 }
 
+/** Events handed to subscribers, in all. */
+interface SentCount {
+  events: number;
+}
+
 interface StreamDeps {
   db: Database;
   log: Logger;
   memory: RecentMemory;
+  sent: SentCount;
   membershipCheckMs: number;
   onEmpty: (stream: MemberStream) => void;
 }
@@ -477,6 +485,11 @@ class MemberStream {
     this.recentBytes = 0;
   }
 
+  /** Counts an event handed to a subscriber. */
+  countSent() {
+    this.deps.sent.events += 1;
+  }
+
   /** Ends the member's streams here (FORBIDDEN) unless the membership is still active. */
   async checkMembership() {
     if (this.stopped) return;
@@ -531,14 +544,14 @@ class Subscriber {
     clearTimeout(this.unstartedTimer);
     const { stream } = this;
     try {
-      if (resync) yield tracked(stream.idOf(position), RESYNC);
+      if (resync) yield this.sent(tracked(stream.idOf(position), RESYNC));
       while (true) {
         if (this.ended) throw this.ended;
         if (this.signal?.aborted || this.detached) return;
         const next = await stream.eventsAfter(position);
         if (next === 'gap') {
           position = await stream.resyncPoint();
-          yield tracked(stream.idOf(position), RESYNC);
+          yield this.sent(tracked(stream.idOf(position), RESYNC));
           continue;
         }
         if (next.length === 0) {
@@ -547,7 +560,7 @@ class Subscriber {
         }
         for (const { seq, event } of next) {
           position = seq;
-          if (event) yield tracked(stream.idOf(seq), event);
+          if (event) yield this.sent(tracked(stream.idOf(seq), event));
         }
       }
     } catch (error) {
@@ -555,6 +568,11 @@ class Subscriber {
     } finally {
       this.detach();
     }
+  }
+
+  private sent<T>(envelope: T): T {
+    this.stream.countSent();
+    return envelope;
   }
 
   wake() {

@@ -6,6 +6,7 @@ import { DEFAULT_HEAVY_CALLS_PER_PERSON } from './in-flight-limit.js';
 import type { LanguageModelConfig } from './language-model.js';
 import { DEFAULT_MEMBER_CACHE, type MemberCacheOptions } from './member-cache.js';
 import { DEFAULT_REPLY_LEASE_MS, type ReplyRunnerOptions } from './replies.js';
+import { DEFAULT_WRITES_PER_MINUTE } from './write-limit.js';
 
 const optionalString = z
   .string()
@@ -31,6 +32,12 @@ function wholeNumber(fallback: number, min: number, max: number) {
     .default(String(fallback))
     .pipe(z.coerce.number<string>({ error: message }).int({ error: message }).min(min, { error: message }).max(max, { error: message }));
 }
+
+const portNumber = z.coerce
+  .number<string>({ error: 'must be a port number (0-65535)' })
+  .int({ error: 'must be a port number (0-65535)' })
+  .min(0, { error: 'must be a port number (0-65535)' })
+  .max(65_535, { error: 'must be a port number (0-65535)' });
 
 const postgresUrl = z.url({ protocol: /^postgres(ql)?$/, error: 'must be a postgres:// or postgresql:// URL' });
 
@@ -100,14 +107,11 @@ const envSchema = z.object({
     }
     return origins;
   }),
-  PORT: optionalString.default('3000').pipe(
-    z.coerce
-      .number<string>({ error: 'must be a port number (0-65535)' })
-      .int({ error: 'must be a port number (0-65535)' })
-      .min(0, { error: 'must be a port number (0-65535)' })
-      .max(65_535, { error: 'must be a port number (0-65535)' }),
-  ),
+  PORT: optionalString.default('3000').pipe(portNumber),
   HOST: optionalString.default('127.0.0.1'),
+  METRICS_PORT: optionalString.pipe(portNumber.optional()),
+  METRICS_HOST: optionalString.default('127.0.0.1'),
+  RATE_LIMIT_WRITES_PER_MINUTE: wholeNumber(DEFAULT_WRITES_PER_MINUTE, 0, 1_000_000),
   HTTP_IDLE_TIMEOUT_SECONDS: wholeNumber(DEFAULT_IDLE_TIMEOUT_MS / 1000, 1, 3_600),
   HTTP_MAX_CONNECTIONS: wholeNumber(DEFAULT_MAX_CONNECTIONS, 1, 1_000_000),
 });
@@ -138,6 +142,10 @@ export interface Config {
   memberCache: MemberCacheOptions;
   /** Heavy calls (pages of messages, writes) one person may have in progress per instance. */
   heavyCallsPerPerson: number;
+  /** Writes one person may make a minute per instance, a third of them at once (0: no limit). */
+  writesPerMinute: number;
+  /** Where Prometheus scrapes `/metrics`; none: no metrics server. */
+  metrics: { port: number; host: string } | undefined;
   /** `chat.events`: how long events are kept for replay, and the streams an instance holds per person and in all. */
   chatEvents: { retentionMs: number; subscriptionsPerPerson: number; subscriptionsPerInstance: number };
   /** Assistant replies to each message, or none (`ASSISTANT_REPLIES=off`). */
@@ -200,6 +208,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxBytes: vars.MEMBER_CACHE_MAX_MB * 2 ** 20,
     },
     heavyCallsPerPerson: vars.HEAVY_CALLS_PER_PERSON,
+    writesPerMinute: vars.RATE_LIMIT_WRITES_PER_MINUTE,
+    metrics: metricsConfig(vars),
     chatEvents: {
       retentionMs: vars.CHAT_EVENTS_RETENTION_MINUTES * 60_000,
       subscriptionsPerPerson: vars.SUBSCRIPTIONS_PER_PERSON,
@@ -229,6 +239,15 @@ export function loadLocalIdentityConfig(
     );
   }
   return { ...config, identity };
+}
+
+function metricsConfig(vars: z.infer<typeof envSchema>): Config['metrics'] {
+  if (vars.METRICS_PORT === undefined) return undefined;
+  // The API's port never serves the metrics: a request there for /metrics is a 404.
+  if (vars.METRICS_PORT === vars.PORT && vars.PORT !== 0) {
+    throw new ConfigError(`Invalid configuration: METRICS_PORT must differ from PORT (${vars.PORT}): the metrics have a port of their own`);
+  }
+  return { port: vars.METRICS_PORT, host: vars.METRICS_HOST };
 }
 
 function databaseTarget(vars: z.infer<typeof envSchema>): DatabaseTarget {

@@ -6,7 +6,9 @@ import type { CursorCodec } from './cursor.js';
 import type { Logger } from './logger.js';
 import type { InFlightLimit } from './in-flight-limit.js';
 import type { MemberCache } from './member-cache.js';
+import type { Metrics } from './metrics.js';
 import type { ReplyRunner } from './replies.js';
+import type { WriteLimit } from './write-limit.js';
 
 /** What the server is built from; tests build the same with a real database and key set. */
 export interface ServerDeps {
@@ -21,6 +23,10 @@ export interface ServerDeps {
   members: MemberCache;
   /** Each person's heavy calls in progress (procedures with `meta({ heavy: true })`). */
   heavyCalls: InFlightLimit;
+  /** Each person's writes a minute (procedures with `meta({ write: true })`). */
+  writes: WriteLimit;
+  /** Counted on every call; served on `METRICS_PORT` when set. */
+  metrics: Metrics;
   /** Live chat events for `chat.events`. */
   chatEvents: ChatEventHub;
   /** Writes the assistant's replies; none with `ASSISTANT_REPLIES=off`. */
@@ -65,7 +71,7 @@ export async function authenticate(
  * Data and services only; `protectedProcedure` adds the caller's rows.
  */
 export function createInnerContext(
-  deps: Pick<ServerDeps, 'db' | 'log' | 'cursors' | 'procedureTimeoutMs' | 'members' | 'heavyCalls' | 'chatEvents' | 'replies'>,
+  deps: Pick<ServerDeps, 'db' | 'log' | 'cursors' | 'procedureTimeoutMs' | 'members' | 'heavyCalls' | 'writes' | 'metrics' | 'chatEvents' | 'replies'>,
   auth: Auth,
   /** Settles when the HTTP response has been sent or its connection closed; none in-process. */
   answered?: Promise<void>,
@@ -76,6 +82,8 @@ export function createInnerContext(
     cursors: deps.cursors,
     members: deps.members,
     heavyCalls: deps.heavyCalls,
+    writes: deps.writes,
+    metrics: deps.metrics,
     chatEvents: deps.chatEvents,
     replies: deps.replies,
     procedureTimeoutMs: deps.procedureTimeoutMs ?? DEFAULT_PROCEDURE_TIMEOUT_MS,

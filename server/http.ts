@@ -11,6 +11,7 @@ import { type ServerDeps, createRequestContext } from './context.js';
 import { withDeadline } from './deadline.js';
 import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS } from './config.js';
 import { appRouter } from './root.js';
+import { WriteRateLimitedError } from './trpc.js';
 import { createFronteggWebhookHandler } from './webhooks/frontegg.js';
 
 export interface HttpServerDeps extends ServerDeps {
@@ -53,11 +54,19 @@ export function createHttpServer(deps: HttpServerDeps): http.Server {
     basePath: '/trpc/',
     maxBodySize: MAX_BODY_BYTES,
     maxBatchSize: MAX_BATCH_SIZE,
+    // A write over the rate limit: when to try again, as HTTP says it (the longest wait of a batch).
+    responseMeta({ errors }) {
+      const waits = errors.flatMap(({ cause }) => (cause instanceof WriteRateLimitedError ? [cause.retryAfterSeconds] : []));
+      return waits.length > 0 ? { headers: { 'retry-after': String(Math.max(...waits)) } } : {};
+    },
     createContext: ({ req, res }) => createRequestContext(deps, req, res, requestLog(req)),
     // Once per failed call, with the request id the response carries.
     onError({ error, path, ctx, req }) {
       if (logged.has(error)) return;
       logged.add(error);
+      // Refused before any procedure ran (an unknown path, an unreadable batch): the path is the
+      // client's text, so it is no label.
+      if (!deps.metrics.countedErrors.has(error)) deps.metrics.requests.inc({ procedure: '(none)', code: error.code });
       const log = ctx?.log ?? requestLog(req);
       const status = getHTTPStatusCodeFromError(error);
       // A 503 with no cause is one we chose (event streams ended by a shutdown): no failure to report.
@@ -69,7 +78,7 @@ export function createHttpServer(deps: HttpServerDeps): http.Server {
 
   const { fronteggWebhookSecret: secret } = deps;
   const fronteggWebhook = secret
-    ? createFronteggWebhookHandler({ db: deps.db, secret, forgetMembers: (change) => deps.members.forget(change) })
+    ? createFronteggWebhookHandler({ db: deps.db, secret, metrics: deps.metrics, forgetMembers: (change) => deps.members.forget(change) })
     : undefined;
 
   // Browsers preflight every call: the token travels in `Authorization`, batches as JSON, and an
@@ -138,7 +147,9 @@ export function createHttpServer(deps: HttpServerDeps): http.Server {
  * nothing of what a parser said (its message can quote the request: bad JSON, a message's text).
  */
 function refusal(error: TRPCError): { message?: string; invalidFields?: string[] } {
-  if (error.cause === undefined || error.cause instanceof AccessTokenError) return { message: error.message };
+  if (error.cause === undefined || error.cause instanceof AccessTokenError || error.cause instanceof WriteRateLimitedError) {
+    return { message: error.message };
+  }
   if (error.cause instanceof ZodError) return { invalidFields: error.cause.issues.map((issue) => issue.path.join('.')) };
   return {};
 }

@@ -35,7 +35,16 @@ export interface ReplyRunnerOptions {
    * (default 30 s); each instance looks for such replies every third of it.
    */
   leaseMs?: number;
+  /** Told how each reply this instance wrote ended, with the tokens the provider reported (metrics). */
+  onEnded?: (outcome: ReplyOutcome, usage: TokenUsage | undefined) => void;
 }
+
+/**
+ * How a reply ended: `complete`, `cut` at its length limit (also complete), `ended_elsewhere`
+ * (stopped, deleted with its session, or ended by another instance), failed for one of
+ * `ReplyFailure`'s reasons, or `not_stored` (its end could not be written; it fails when its lease passes).
+ */
+export type ReplyOutcome = 'complete' | 'cut' | 'ended_elsewhere' | ReplyFailure | 'not_stored';
 
 export const DEFAULT_REPLY_LEASE_MS = 30_000;
 /** Text received within this long of the last write goes into the database together. */
@@ -149,6 +158,7 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
     };
     let usage: TokenUsage | undefined;
     let failure: ReplyFailure | undefined;
+    let cut = false;
     try {
       const conversation = await getConversationForReply(db, { ...ids, beforeSeq: reply.seq, ...options.context }).catch(
         (error: unknown) => {
@@ -193,7 +203,10 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
     } catch (error) {
       const reason = controller.signal.aborted ? controller.signal.reason : undefined;
       if (reason === aborted.gone) gone = true;
-      else if (reason === aborted.long) log.warn(ids, 'Reply cut at its length limit');
+      else if (reason === aborted.long) {
+        cut = true;
+        log.warn(ids, 'Reply cut at its length limit');
+      }
       else {
         failure = reason === aborted.timeout ? 'timeout' : reason === aborted.interrupted ? 'interrupted' : 'provider_error';
         log.warn({ ...ids, reason: failure, provider: failure === 'provider_error' ? describeProviderError(error) : undefined }, 'Reply failed');
@@ -205,9 +218,10 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
       ended = true;
     }
     await writing;
+    const report = (outcome: ReplyOutcome) => options.onEnded?.(outcome, usage);
     if (gone) {
       log.info(ids, 'Reply ended elsewhere (stopped, or its session deleted)');
-      return;
+      return report('ended_elsewhere');
     }
     // The end is worth a few tries: without it a complete reply would be failed once its lease passes.
     for (let attempt = 1; ; attempt++) {
@@ -216,11 +230,11 @@ export function createReplyRunner(options: ReplyRunnerOptions) {
         if (message && !failure) {
           log.info({ ...ids, model: options.modelName, ...usage, durationMs: Date.now() - startedAt }, 'Reply completed');
         }
-        return;
+        return report(!message ? 'ended_elsewhere' : (failure ?? (cut ? 'cut' : 'complete')));
       } catch (error) {
         if (attempt === FINISH_ATTEMPTS) {
           log.error({ ...ids, err: error }, 'Could not store the end of a reply; it is marked failed once its lease passes');
-          return;
+          return report('not_stored');
         }
         log.warn({ ...ids, err: error }, 'Could not store the end of a reply; trying again');
         await delay(WRITE_RETRY_MS * attempt);

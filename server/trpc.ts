@@ -10,6 +10,7 @@ import { hasPermission } from './auth/permissions.js';
 import type { Context } from './context.js';
 import { withDeadline } from './deadline.js';
 import { type Member, personKey } from './member-cache.js';
+import { countProvisioned } from './metrics.js';
 
 /** What a procedure declares about itself with `.meta()`. */
 export interface ProcedureMeta {
@@ -18,6 +19,19 @@ export interface ProcedureMeta {
    * `HEAVY_CALLS_PER_PERSON`, beyond which it answers TOO_MANY_REQUESTS.
    */
   heavy?: boolean;
+  /**
+   * Writes: counted against the caller's `RATE_LIMIT_WRITES_PER_MINUTE` in this instance, beyond
+   * which it answers TOO_MANY_REQUESTS with the seconds to wait (`retryAfterSeconds`).
+   */
+  write?: boolean;
+}
+
+/** Why a write was refused: the caller's writes are over the limit for `retryAfterSeconds`. */
+export class WriteRateLimitedError extends Error {
+  override name = 'WriteRateLimitedError';
+  constructor(readonly retryAfterSeconds: number) {
+    super(`You are writing faster than this service allows; try again in ${retryAfterSeconds} s`);
+  }
 }
 
 /**
@@ -56,6 +70,8 @@ const t = initTRPC.context<Context>().meta<ProcedureMeta>().create({
         ...data,
         authReason: error.cause instanceof AccessTokenError ? error.cause.reason : null,
         validation: invalidInput ? z.flattenError(error.cause as ZodError) : null,
+        // Also sent as the `Retry-After` header (server/http.ts).
+        retryAfterSeconds: error.cause instanceof WriteRateLimitedError ? error.cause.retryAfterSeconds : null,
       },
     };
   },
@@ -63,6 +79,32 @@ const t = initTRPC.context<Context>().meta<ProcedureMeta>().create({
 
 export const router = t.router;
 export const createCallerFactory = t.createCallerFactory;
+
+/**
+ * Counts every call of a procedure by path and code, and times it; what it was refused for when
+ * that is worth a family of its own. Errors tRPC raises before any procedure runs (an unknown
+ * path, an unreadable batch) are counted by the HTTP handler, which skips those counted here.
+ */
+const measured = t.middleware(async function measured({ ctx, path, next }) {
+  const { metrics } = ctx;
+  const started = performance.now();
+  const result = await next();
+  metrics.requestDuration.observe({ procedure: path }, (performance.now() - started) / 1000);
+  if (result.ok) {
+    metrics.requests.inc({ procedure: path, code: 'OK' });
+    return result;
+  }
+  const { error } = result;
+  metrics.requests.inc({ procedure: path, code: error.code });
+  metrics.countedErrors.add(error);
+  if (error.cause instanceof AccessTokenError) metrics.tokenRefusals.inc({ reason: error.cause.reason });
+  else if (error.cause instanceof WriteRateLimitedError) metrics.rateLimited.inc({ procedure: path });
+  else if (error.code === 'SERVICE_UNAVAILABLE' && isDatabaseUnavailable(error.cause)) metrics.databaseUnavailable.inc();
+  return result;
+});
+
+/** The base of every procedure: counted and timed. */
+const procedure = t.procedure.use(measured);
 
 /** SERVICE_UNAVAILABLE: the client may try again shortly. */
 export const unavailable = (cause: unknown) =>
@@ -107,15 +149,25 @@ const provisionCaller = t.middleware(function provisionCaller({ ctx, meta, next 
   if (ctx.auth.status !== 'verified') throw ctx.auth.error;
   const { identity } = ctx.auth;
   const { auth } = ctx;
-  // Counted before any database work, so a flood of one person's calls provisions nothing either.
-  const leave = meta?.heavy ? ctx.heavyCalls.enter(personKey(identity)) : noop;
+  const person = personKey(identity);
+  // Both limits are counted before any database work, so a flood of one person's calls
+  // provisions nothing either. A write over the rate limit takes no place among heavy calls.
+  const waitSeconds = meta?.write ? ctx.writes.take(person) : 0;
+  if (waitSeconds > 0) {
+    const cause = new WriteRateLimitedError(waitSeconds);
+    throw new TRPCError({ code: 'TOO_MANY_REQUESTS', message: cause.message, cause });
+  }
+  const leave = meta?.heavy ? ctx.heavyCalls.enter(person) : noop;
   if (!leave) {
     throw new TRPCError({ code: 'TOO_MANY_REQUESTS', message: 'You have too many requests in progress; try again shortly' });
   }
   const work = (async () => {
-    const { user, organization, membership } = await ctx.members.getOrProvision(identity, () =>
-      provisionMember(ctx, identity),
-    );
+    let remembered = true;
+    const { user, organization, membership } = await ctx.members.getOrProvision(identity, () => {
+      remembered = false;
+      return provisionMember(ctx, identity);
+    });
+    ctx.metrics.memberCacheLookups.inc({ result: remembered ? 'hit' : 'miss' });
     if (!isMembershipActive(membership)) {
       throw new TRPCError({ code: 'FORBIDDEN', message: 'Your membership in this organization is deactivated' });
     }
@@ -131,12 +183,13 @@ const provisionCaller = t.middleware(function provisionCaller({ ctx, meta, next 
 
 const noop = () => {};
 
-async function provisionMember({ db, log }: Context, identity: IdentityClaims): Promise<Member> {
+async function provisionMember({ db, log, metrics }: Context, identity: IdentityClaims): Promise<Member> {
   const { organization, user, membership, created } = await provisionIdentity(db, identity);
   const ids = { organizationId: organization.id, userId: user.id };
   if (created.organization) log.info({ ...ids, slug: organization.slug }, 'Created organization');
   if (created.user) log.info(ids, 'Created user');
   if (created.membership) log.info({ ...ids, role: membership.role }, 'Created membership');
+  countProvisioned(metrics, created, 'sign-in');
   return { user, organization, membership };
 }
 
@@ -176,14 +229,14 @@ function checkingInputFirst(before: Chain, after: readonly unknown[], signInChec
 }
 
 // Only for its type, which is tRPC's own: `protectedProcedure` differs in the order things run.
-const chainedInOrder = t.procedure.use(provisionCaller);
+const chainedInOrder = procedure.use(provisionCaller);
 
 /**
  * The builder of every procedure for a signed-in member: `ctx.user`, `ctx.organization` and
  * `ctx.membership` are present for sure. `protectedProcedure.input(schema)` checks the token,
  * then the input, before any database work, wherever `.input()` stands in the chain.
  */
-export const protectedProcedure = checkingInputFirst(t.procedure as unknown as Chain, [
+export const protectedProcedure = checkingInputFirst(procedure as unknown as Chain, [
   provisionCaller,
 ]) as unknown as typeof chainedInOrder;
 

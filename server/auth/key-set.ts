@@ -50,6 +50,8 @@ export interface RemoteKeySetOptions {
   /** A fetch that has not answered by then counts as failed (default 5 s). */
   timeoutMs?: number;
   log: Logger;
+  /** Told how each fetch went (metrics). */
+  onFetched?: (outcome: 'ok' | 'failed') => void;
 }
 
 /**
@@ -65,6 +67,7 @@ export function createRemoteKeySet({
   cooldownMs,
   timeoutMs = 5_000,
   log,
+  onFetched,
 }: RemoteKeySetOptions): JWTVerifyGetKey {
   let keys: { getKey: ReturnType<typeof createLocalJWKSet>; fetchedAt: number } | undefined;
   let lastAttemptAt = Number.NEGATIVE_INFINITY;
@@ -84,8 +87,10 @@ export function createRemoteKeySet({
       // createLocalJWKSet checks the shape and throws on anything that is not a key set.
       keys = { getKey: createLocalJWKSet((await response.json()) as JSONWebKeySet), fetchedAt: Date.now() };
       lastAttemptFailed = false;
+      onFetched?.('ok');
     } catch (error) {
       lastAttemptFailed = true;
+      onFetched?.('failed');
       log.warn(
         { err: error, jwksUrl, servingKeysFetchedAt: keys ? new Date(keys.fetchedAt) : null },
         keys ? 'Could not refresh the signing key set; still using the last one fetched' : 'Could not fetch the signing key set',

@@ -52,6 +52,8 @@ const ownerOf = ({ user, organization }: Member): SessionOwner => ({ userId: use
 
 /** Pages and writes count against the caller's heavy calls in progress (`HEAVY_CALLS_PER_PERSON`). */
 const heavy = { heavy: true };
+/** Writes also count against the caller's writes a minute (`RATE_LIMIT_WRITES_PER_MINUTE`). */
+const write = { heavy: true, write: true };
 
 /** A message as callers see it: `seq` stays inside (cursors hold it, signed). */
 const withoutSeq = ({ seq: _seq, ...message }: StoredMessageRow): Message => message;
@@ -75,7 +77,7 @@ export const chatRouter = router({
 
   /** A new session, now the active one; the previously active one becomes inactive. */
   createSession: protectedProcedure
-    .meta(heavy)
+    .meta(write)
     .input(z.object({ title: title.optional() }).optional())
     .mutation(async ({ ctx, input }) => {
       const owner = ownerOf(ctx);
@@ -113,7 +115,7 @@ export const chatRouter = router({
 
   /** Makes the session the only active one. */
   setActiveSession: protectedProcedure
-    .meta(heavy)
+    .meta(write)
     .input(z.object({ sessionId }))
     .mutation(async ({ ctx, input }) => {
       const owner = ownerOf(ctx);
@@ -121,7 +123,7 @@ export const chatRouter = router({
     }),
 
   renameSession: protectedProcedure
-    .meta(heavy)
+    .meta(write)
     .input(z.object({ sessionId, title }))
     .mutation(async ({ ctx, input }) => {
       const owner = ownerOf(ctx);
@@ -131,7 +133,7 @@ export const chatRouter = router({
 
   /** Deletes the session and its messages. When it was active, none is until `getActiveSession` makes one. */
   deleteSession: protectedProcedure
-    .meta(heavy)
+    .meta(write)
     .input(z.object({ sessionId }))
     .mutation(async ({ ctx, input }) => {
       const owner = ownerOf(ctx);
@@ -149,7 +151,7 @@ export const chatRouter = router({
    * null when the server runs without an assistant. While a reply streams in the session: CONFLICT.
    */
   sendMessage: protectedProcedure
-    .meta(heavy)
+    .meta(write)
     .input(z.object({ sessionId, content }))
     .mutation(async ({ ctx, input }) => {
       const owner = ownerOf(ctx);
@@ -200,7 +202,7 @@ export const chatRouter = router({
    * `reply.completed`), and returns it; null when no reply was streaming.
    */
   stopReply: protectedProcedure
-    .meta(heavy)
+    .meta(write)
     .input(z.object({ sessionId }))
     .mutation(async ({ ctx, input }) => {
       const owner = ownerOf(ctx);

@@ -16,6 +16,7 @@ import {
 } from '../../db/provisioning.js';
 import { displayText, emailAddress, identifier, pictureUrl } from '../auth/access-token.js';
 import type { Logger } from '../logger.js';
+import { type Metrics, countProvisioned } from '../metrics.js';
 
 export interface FronteggWebhookOptions {
   db: Database;
@@ -26,6 +27,7 @@ export interface FronteggWebhookOptions {
    * answered; other instances hear it through PostgreSQL.
    */
   forgetMembers: (change: MembershipChange) => void;
+  metrics: Metrics;
 }
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
@@ -157,11 +159,13 @@ function claimsOf({ user }: WebhookBody, userId: string, tenantId: string, chang
  */
 export function createFronteggWebhookHandler(options: FronteggWebhookOptions) {
   const key = new TextEncoder().encode(options.secret);
+  const { metrics } = options;
 
   return async function handleFronteggWebhook(req: http.IncomingMessage, res: http.ServerResponse, log: Logger) {
     if (req.method !== 'POST') return answer(res, 405, { error: 'Use POST' }, { allow: 'POST' });
     const refuse = (reason: string) => {
       log.warn({ reason }, 'Frontegg webhook refused');
+      metrics.webhooks.inc({ outcome: 'refused' });
       // The body may be unread: the connection is not reused.
       answer(res, 401, { error: 'The webhook could not be authenticated' }, { connection: 'close' });
     };
@@ -190,24 +194,29 @@ export function createFronteggWebhookHandler(options: FronteggWebhookOptions) {
     } catch (error) {
       if (!(error instanceof UnreadableEventError)) throw error;
       log.warn({ reason: error.message }, 'Frontegg webhook not applied: the event could not be read');
+      metrics.webhooks.inc({ outcome: 'invalid' });
       return answer(res, 400, { error: error.message });
     }
     const { eventKey, action } = event;
     try {
       // Other instances hear of the change from its transaction; this one forgets before answering.
-      const outcome = await apply(options.db, action, log.child({ eventKey }));
+      const outcome = await apply(options.db, action, log.child({ eventKey }), metrics);
       if (outcome) options.forgetMembers(outcome);
-      answer(res, 200, { status: outcome ? 'applied' : 'ignored' });
+      const status = outcome ? 'applied' : 'ignored';
+      metrics.webhooks.inc({ outcome: status });
+      answer(res, 200, { status });
     } catch (error) {
       const unavailable = isDatabaseUnavailable(error);
       log.error({ err: error, eventKey }, 'Frontegg webhook not applied');
+      metrics.webhooks.inc({ outcome: unavailable ? 'unavailable' : 'failed' });
+      if (unavailable) metrics.databaseUnavailable.inc();
       answer(res, unavailable ? 503 : 500, { error: unavailable ? 'Temporarily unavailable; deliver again later' : 'Internal server error' });
     }
   };
 }
 
 /** Applies the action; returns whose memberships it concerns, or `undefined` for an ignored event. */
-async function apply(db: Database, action: WebhookAction, log: Logger): Promise<MembershipChange | undefined> {
+async function apply(db: Database, action: WebhookAction, log: Logger, metrics: Metrics): Promise<MembershipChange | undefined> {
   switch (action.kind) {
     case 'ignored':
       log.info('Frontegg webhook ignored: not an event this service acts on');
@@ -221,6 +230,7 @@ async function apply(db: Database, action: WebhookAction, log: Logger): Promise<
       }
       const { user, organization, membership: row, created } = await provisionIdentity(db, claims, { kind: 'webhook', membership });
       const ids = { userId: user.id, organizationId: organization.id };
+      countProvisioned(metrics, created, 'webhook');
       log.info(
         { ...ids, membership, role: row.role, removed: row.fronteggRemovedAt !== null, operatorDeactivated: !row.isActive, created },
         'Frontegg webhook applied',

@@ -15,6 +15,10 @@ describe('loadConfig', () => {
       tokenCacheMaxBytes: 32 * 2 ** 20,
       memberCache: { maxEntries: 10_000, ttlMs: 60_000, maxBytes: 16 * 2 ** 20 },
       heavyCallsPerPerson: 10,
+      // 60 writes a minute per person, 20 at once.
+      writesPerMinute: 60,
+      // No METRICS_PORT: no metrics server.
+      metrics: undefined,
       chatEvents: { retentionMs: 60 * 60_000, subscriptionsPerPerson: 20, subscriptionsPerInstance: 5_000 },
       // No language model configured: the demo responder, in development only.
       assistant: {
@@ -115,6 +119,19 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ DATABASE_URL: pooled, DATABASE_DIRECT_URL: 'http://db' })).toThrow(
       'Invalid configuration: DATABASE_DIRECT_URL must be a postgres:// or postgresql:// URL',
     );
+  });
+
+  it('serves metrics on METRICS_PORT, on loopback unless METRICS_HOST says otherwise, and never on the API port', () => {
+    expect(loadConfig({ METRICS_PORT: '9464' }).metrics).toEqual({ port: 9464, host: '127.0.0.1' });
+    expect(loadConfig({ METRICS_PORT: '9464', METRICS_HOST: '0.0.0.0' }).metrics).toEqual({ port: 9464, host: '0.0.0.0' });
+    expect(() => loadConfig({ METRICS_PORT: '3000' })).toThrow('Invalid configuration: METRICS_PORT must differ from PORT (3000): the metrics have a port of their own');
+    expect(() => loadConfig({ METRICS_PORT: 'nine' })).toThrow('Invalid configuration: METRICS_PORT must be a port number (0-65535)');
+  });
+
+  it('reads the write limit, where 0 turns it off', () => {
+    expect(loadConfig({ RATE_LIMIT_WRITES_PER_MINUTE: '0' }).writesPerMinute).toBe(0);
+    expect(loadConfig({ RATE_LIMIT_WRITES_PER_MINUTE: '600' }).writesPerMinute).toBe(600);
+    expect(() => loadConfig({ RATE_LIMIT_WRITES_PER_MINUTE: '-1' })).toThrow(/RATE_LIMIT_WRITES_PER_MINUTE must be a whole number from 0/);
   });
 
   it('reads the limits on heavy calls, idle connections and open connections', () => {

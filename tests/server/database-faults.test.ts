@@ -129,7 +129,9 @@ describe.skipIf(!databaseUrl)('with the database behind a proxy that the test cu
     }
   });
 
-  it('answers 503, not 500, to a first call whose provisioning meets the outage', async () => {
+  it('answers 503, not 500, to a first call whose provisioning meets the outage, and counts each in chat_database_unavailable_total', async () => {
+    const unavailableSoFar = async () => (await app.deps.metrics.databaseUnavailable.get()).values[0]?.value ?? 0;
+    const before = await unavailableSoFar();
     proxy.setState('cut');
     for (const call of [
       (client: ReturnType<typeof http.clientFor>) => client.me.query(),
@@ -140,6 +142,7 @@ describe.skipIf(!databaseUrl)('with the database behind a proxy that the test cu
       expect(error.data?.httpStatus).toBe(503);
       expect(error.message).toBe('The service is temporarily unavailable; try again shortly');
     }
+    expect((await unavailableSoFar()) - before).toBe(3);
   });
 
   it('checks input before the database: bad input answers 400 even while the database is down', async () => {

@@ -33,8 +33,12 @@ describe('the order a procedure runs in', () => {
     for (const [path, procedure] of procedures) expectInputBeforeDatabase(runOrder(procedure), path);
   });
 
-  it('a procedure without input pays for one middleware: provisioning and the deadline together', () => {
-    expect(runOrder((appRouter._def.procedures as Record<string, unknown>)['chat.getActiveSession'])).toEqual(['provisionCaller', 'resolveMiddleware']);
+  it('a procedure without input pays for two middlewares: its metrics, then provisioning and the deadline together', () => {
+    expect(runOrder((appRouter._def.procedures as Record<string, unknown>)['chat.getActiveSession'])).toEqual([
+      'measured',
+      'provisionCaller',
+      'resolveMiddleware',
+    ]);
   });
 
   it('holds whichever way a chain is written', () => {

@@ -19,6 +19,8 @@ import {
 import { createLanguageModel } from '../../server/language-model.js';
 import { type ReplyRunnerOptions, createReplyRunner } from '../../server/replies.js';
 import { loadConfig } from '../../server/config.js';
+import { countReply, createMetrics, watchState } from '../../server/metrics.js';
+import { createWriteLimit } from '../../server/write-limit.js';
 import { createCaller } from '../../server/root.js';
 import { openTestDatabase } from './database.js';
 import { type TestIdentityProvider, startIdentityProvider } from './identity-provider.js';
@@ -33,6 +35,11 @@ export async function startTestApp(
     onStatement?: (text: string) => void;
     members?: MemberCache;
     heavyCallsPerPerson?: number;
+    /**
+     * RATE_LIMIT_WRITES_PER_MINUTE; unlike in production, off unless given: tests write many
+     * times a second as one person.
+     */
+    writesPerMinute?: number;
     /** A migrated database to use instead of this run's (closed with the app). */
     database?: DatabaseHandle;
     /**
@@ -59,6 +66,7 @@ export async function startTestApp(
   const log = createLogger({ level: 'debug', destination: { write: (line: string) => void logs.push(JSON.parse(line)) } });
   // The production defaults (MEMBER_CACHE_MAX_ENTRIES, MEMBER_CACHE_TTL_SECONDS) unless given.
   const members = options.members ?? createMemberCache();
+  const metrics = createMetrics();
   const chatEvents = createChatEventHub({
     db: database.db,
     listen: database.listen,
@@ -70,6 +78,7 @@ export async function startTestApp(
     onMembershipChanged: (change) => members.forget(change),
   });
   await chatEvents.start();
+  watchState(metrics, { pool: database.pool, chatEvents: chatEvents.stats });
   const replies = options.assistant ? startReplyRunner(options.assistant) : undefined;
   await replies?.start();
   function startReplyRunner({ baseUrl, ...settings }: Exclude<typeof options.assistant, false | undefined>) {
@@ -83,6 +92,7 @@ export async function startTestApp(
       log,
       model: createLanguageModel(baseUrl ? { kind: 'openai-compatible', baseUrl, apiKey: 'test-key', model: modelName } : { kind: 'demo' }),
       modelName,
+      onEnded: (outcome, usage) => countReply(metrics, modelName, outcome, usage),
       ...settings,
     });
   }
@@ -91,13 +101,23 @@ export async function startTestApp(
     log,
     verifyAccessToken: createAccessTokenVerifier({
       // The production defaults (FRONTEGG_JWKS_MAX_AGE_SECONDS, FRONTEGG_JWKS_COOLDOWN_SECONDS).
-      keySet: createRemoteKeySet({ jwksUrl: idp.jwksUrl, issuer: idp.issuer, maxAgeMs: 600_000, cooldownMs: 30_000, log }),
+      keySet: createRemoteKeySet({
+        jwksUrl: idp.jwksUrl,
+        issuer: idp.issuer,
+        maxAgeMs: 600_000,
+        cooldownMs: 30_000,
+        log,
+        onFetched: (outcome) => metrics.keySetFetches.inc({ outcome }),
+      }),
       issuer: idp.issuer,
       audience: [idp.audience],
+      onAccepted: (method) => metrics.tokenVerifications.inc({ method }),
     }),
     cursors: await createSharedCursorCodec(database.db),
     members,
     heavyCalls: createInFlightLimit(options.heavyCallsPerPerson ?? DEFAULT_HEAVY_CALLS_PER_PERSON),
+    writes: createWriteLimit(options.writesPerMinute ?? 0),
+    metrics,
     chatEvents,
     replies,
   };

@@ -51,6 +51,8 @@ describe.skipIf(!chromiumPath)('the chat page in Chromium, calling the API acros
       LOCAL_IDENTITY_KEY_FILE: keyFile,
       CORS_ORIGINS: webUrl,
       FRONTEGG_WEBHOOK_SECRET: WEBHOOK_SECRET,
+      // The tests write long conversations as fast as the API answers (40 writes in a row).
+      RATE_LIMIT_WRITES_PER_MINUTE: '6000',
       // A fixed port, so that the API can stop and come back where the page calls it.
       PORT: String(await freePort()),
     });

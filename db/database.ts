@@ -42,10 +42,9 @@ export interface DatabaseHandle {
    */
   listen(channel: string, onNotification: (payload: string) => void, onListening: () => void): Promise<Listener>;
   /**
-   * The pool now: its size, the connections running a statement or holding a transaction, and
-   * the statements and transactions beyond those, waiting for one (queued, or sent behind
-   * another statement on a busy connection, as postgres.js does). Counted as the data-access code
-   * sends them; migrations and the LISTEN connection are apart.
+   * The pool now: its size, the connections opening, running statements or holding a
+   * transaction, and the statements and transactions waiting for one. Migrations and the LISTEN
+   * connection are apart.
    */
   pool(): { size: number; inUse: number; waiting: number };
   close(): Promise<void>;
@@ -88,6 +87,11 @@ export type DatabaseTarget =
   | { kind: 'pglite'; dataDir?: string };
 
 export type PoolMode = 'session' | 'transaction';
+
+/** postgres.js with the pool's state, which patches/postgres+3.4.9.patch adds (upstream issue #443). */
+type PostgresWithPoolState = postgres.Sql & {
+  poolState(): { connecting: number; open: number; busy: number; full: number; reserved: number; closed: number; ended: number; queued: number };
+};
 
 const setInstead = 'Set DATABASE_POOL_MODE=transaction and DATABASE_DIRECT_URL (README: Behind a connection pooler)';
 
@@ -162,16 +166,20 @@ function openPostgres(
       ...(!transactionMode && timeouts),
     },
   };
-  const client = postgres(url, options);
-  const use = countingUse(transactionMode ? everyStatementInTransaction(client, timeouts) : client, ['unsafe', 'begin'], poolSize);
-  const db = drizzlePostgres(use.client, {
+  const client = postgres(url, options) as PostgresWithPoolState;
+  const db = drizzlePostgres(transactionMode ? everyStatementInTransaction(client, timeouts) : client, {
     schema,
     logger: statementLogger(onStatement),
   });
   return {
     db,
     kind: 'postgres',
-    pool: use.pool,
+    pool() {
+      // The driver's own queues: a connection opening for a query, sending one or several, or
+      // held by a transaction is in use; a query no connection could take is waiting.
+      const state = client.poolState();
+      return { size: poolSize, inUse: state.connecting + state.busy + state.full + state.reserved, waiting: state.queued };
+    },
     async migrate() {
       // A session-level advisory lock needs one connection for lock, migrations and unlock: a
       // direct one, as a transaction-mode pooler would hand each statement to any server connection.
@@ -336,17 +344,13 @@ function openPglite(dataDir: string | undefined, { onStatement }: DatabaseObserv
 
 /**
  * `client` as Drizzle sees it, counting the calls of `methods` (Drizzle's ways in: a statement,
- * or a transaction, which holds one connection throughout) from when they are sent until they
- * settle. Each method answers a promise, or (postgres.js's `unsafe`) a statement that runs when
- * awaited, or by `.values()` then awaited: all Drizzle does with it.
+ * or a transaction, which holds the connection throughout) from when they are sent until their
+ * promise settles. For PGlite, which keeps no pool to ask.
  */
 function countingUse<Client extends object>(client: Client, methods: readonly string[], size: number) {
   let active = 0;
-  const counted = <T>(work: PromiseLike<T>): Promise<T> => {
-    active += 1;
-    return Promise.resolve(work).finally(() => {
-      active -= 1;
-    });
+  const settled = () => {
+    active -= 1;
   };
   const wrapped = new Proxy(client, {
     get(target, key) {
@@ -355,13 +359,11 @@ function countingUse<Client extends object>(client: Client, methods: readonly st
       if (typeof value !== 'function') return value;
       if (typeof key !== 'string' || !methods.includes(key)) return value.bind(target);
       return (...args: unknown[]) => {
-        const sent = value.apply(target, args) as PromiseLike<unknown> & { values?: () => PromiseLike<unknown> };
-        if (typeof sent.values !== 'function') return counted(sent);
-        const statement = sent as typeof sent & { values: () => PromiseLike<unknown> };
-        return {
-          values: () => counted(statement.values()),
-          then: <A, B>(onfulfilled?: (rows: unknown) => A, onrejected?: (error: unknown) => B) => counted(statement).then(onfulfilled, onrejected),
-        };
+        const sent = value.apply(target, args) as Promise<unknown>;
+        active += 1;
+        // Its failure is the caller's to handle, through the promise it gets.
+        sent.then(settled, settled);
+        return sent;
       };
     },
   });

@@ -90,7 +90,19 @@ export type PoolMode = 'session' | 'transaction';
 
 /** postgres.js with the pool's state, which patches/postgres+3.4.9.patch adds (upstream issue #443). */
 type PostgresWithPoolState = postgres.Sql & {
-  poolState(): { connecting: number; open: number; busy: number; full: number; reserved: number; closed: number; ended: number; queued: number };
+  poolState(): {
+    connecting: number;
+    open: number;
+    busy: number;
+    full: number;
+    reserved: number;
+    closed: number;
+    ended: number;
+    /** Queries no connection could take. */
+    queued: number;
+    /** Queries sent on a connection behind the one it is answering (postgres.js pipelines up to 100). */
+    pipelined: number;
+  };
 };
 
 const setInstead = 'Set DATABASE_POOL_MODE=transaction and DATABASE_DIRECT_URL (README: Behind a connection pooler)';
@@ -175,10 +187,11 @@ function openPostgres(
     db,
     kind: 'postgres',
     pool() {
-      // The driver's own queues: a connection opening for a query, sending one or several, or
-      // held by a transaction is in use; a query no connection could take is waiting.
+      // The driver's own queues: a connection opening for a query, answering one, or held by a
+      // transaction is in use; a query no connection could take, or sent behind another on a
+      // busy connection, is waiting.
       const state = client.poolState();
-      return { size: poolSize, inUse: state.connecting + state.busy + state.full + state.reserved, waiting: state.queued };
+      return { size: poolSize, inUse: state.connecting + state.busy + state.full + state.reserved, waiting: state.queued + state.pipelined };
     },
     async migrate() {
       // A session-level advisory lock needs one connection for lock, migrations and unlock: a
@@ -352,19 +365,24 @@ function countingUse<Client extends object>(client: Client, methods: readonly st
   const settled = () => {
     active -= 1;
   };
+  const bound = new Map<string | symbol, unknown>();
+  const bind = (key: string | symbol, method: (...args: unknown[]) => unknown) => {
+    if (typeof key !== 'string' || !methods.includes(key)) return method.bind(client);
+    return (...args: unknown[]) => {
+      const sent = method.apply(client, args) as Promise<unknown>;
+      active += 1;
+      // Its failure is the caller's to handle, through the promise it gets.
+      sent.then(settled, settled);
+      return sent;
+    };
+  };
   const wrapped = new Proxy(client, {
     get(target, key) {
       // Read from and bound to the client itself: PGlite's methods use private fields.
       const value: unknown = Reflect.get(target, key);
       if (typeof value !== 'function') return value;
-      if (typeof key !== 'string' || !methods.includes(key)) return value.bind(target);
-      return (...args: unknown[]) => {
-        const sent = value.apply(target, args) as Promise<unknown>;
-        active += 1;
-        // Its failure is the caller's to handle, through the promise it gets.
-        sent.then(settled, settled);
-        return sent;
-      };
+      if (!bound.has(key)) bound.set(key, bind(key, value as (...args: unknown[]) => unknown));
+      return bound.get(key);
     },
   });
   return {

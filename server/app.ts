@@ -13,7 +13,7 @@ import { createMemberCache } from './member-cache.js';
 import { createChatEventHub } from './chat-events.js';
 import { createLanguageModel, modelNameOf } from './language-model.js';
 import { type ReplyRunner, createReplyRunner, startSweepingAbandonedReplies } from './replies.js';
-import { type Metrics, countReply, createMetrics, serveMetrics, watchState } from './metrics.js';
+import { type Metrics, createMetrics, reportingTo, serveMetrics, watchState } from './metrics.js';
 import { createWriteLimit } from './write-limit.js';
 
 /** How often event streams check the membership when the member cache is off (`MEMBER_CACHE_TTL_SECONDS=0`). */
@@ -52,7 +52,8 @@ export async function openServerDeps(config: Config, log: Logger) {
     onMembershipChanged: (change) => members.forget(change),
   });
   await chatEvents.start();
-  watchState(metrics, { pool: database.pool, chatEvents: chatEvents.stats });
+  const writes = createWriteLimit(config.writesPerMinute);
+  watchState(metrics, { pool: database.pool, chatEvents: chatEvents.stats, writeLimitPeople: () => writes.people });
   if (config.fronteggWebhookSecret) log.info({ path: '/webhooks/frontegg' }, 'Accepting Frontegg webhooks');
   const replies = createConfiguredReplies(config.assistant, database.db, log, metrics);
   await replies?.start();
@@ -68,7 +69,7 @@ export async function openServerDeps(config: Config, log: Logger) {
     procedureTimeoutMs: config.procedureTimeoutMs,
     members,
     heavyCalls: createInFlightLimit(config.heavyCallsPerPerson),
-    writes: createWriteLimit(config.writesPerMinute),
+    writes,
     metrics,
     chatEvents,
     replies,
@@ -83,14 +84,15 @@ export async function openServerDeps(config: Config, log: Logger) {
 /** Opens the database, applies pending migrations and listens. */
 export async function startServer(config: Config, log: Logger): Promise<RunningServer> {
   const { deps, database, sweeper } = await openServerDeps(config, log);
+  // First: a metrics port that cannot be had stops the start before the API takes any traffic.
+  const metricsServer = config.metrics && (await serveMetrics(deps.metrics, config.metrics));
+  if (metricsServer) log.info({ url: metricsServer.url }, 'Serving Prometheus metrics');
   const server = createHttpServer(deps);
   server.listen(config.port, config.host);
   await once(server, 'listening');
   const { port } = server.address() as AddressInfo;
   const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
   log.info({ url, port }, 'Listening');
-  const metricsServer = config.metrics && (await serveMetrics(deps.metrics, config.metrics));
-  if (metricsServer) log.info({ url: metricsServer.url }, 'Serving Prometheus metrics');
 
   return {
     url,
@@ -143,7 +145,7 @@ function createConfiguredReplies(assistant: Config['assistant'], db: Database, l
     log,
     model: createLanguageModel(model),
     modelName,
-    onEnded: (outcome, usage) => countReply(metrics, modelName, outcome, usage),
+    onEnded: reportingTo(metrics).onReplyEnded(modelName),
   });
 }
 
@@ -156,7 +158,7 @@ async function createConfiguredVerifier(
   log: Logger,
   metrics: Metrics,
 ): Promise<AccessTokenVerifier> {
-  const onAccepted = (method: 'signature' | 'remembered') => metrics.tokenVerifications.inc({ method });
+  const { onTokenAccepted: onAccepted, onKeySetFetched: onFetched } = reportingTo(metrics);
   if (identity.mode === 'frontegg') {
     log.info({ issuer: identity.issuer, jwksUrl: identity.jwksUrl, audience: identity.audience }, 'Verifying Frontegg tokens');
     return createAccessTokenVerifier({
@@ -165,7 +167,7 @@ async function createConfiguredVerifier(
         issuer: identity.issuer,
         ...identity.keySet,
         log,
-        onFetched: (outcome) => metrics.keySetFetches.inc({ outcome }),
+        onFetched,
       }),
       issuer: identity.issuer,
       audience: identity.audience,

@@ -61,12 +61,16 @@ export function createHttpServer(deps: HttpServerDeps): http.Server {
     },
     createContext: ({ req, res }) => createRequestContext(deps, req, res, requestLog(req)),
     // Once per failed call, with the request id the response carries.
-    onError({ error, path, ctx, req }) {
+    onError({ error, path, type, ctx, req }) {
       if (logged.has(error)) return;
       logged.add(error);
-      // Refused before any procedure ran (an unknown path, an unreadable batch): the path is the
-      // client's text, so it is no label.
-      if (!deps.metrics.countedErrors.has(error)) deps.metrics.requests.inc({ procedure: '(none)', code: error.code });
+      if (!deps.metrics.countedErrors.has(error)) {
+        // Not seen by the procedures' middleware: a stream that ended after it opened (its token
+        // expired, its membership went, the server shuts down), or a call refused before any
+        // procedure ran (an unknown path, an unreadable batch), whose path is the client's text.
+        if (type === 'subscription') deps.metrics.subscriptionsEnded.inc({ code: error.code });
+        else deps.metrics.requests.inc({ procedure: '(none)', code: error.code });
+      }
       const log = ctx?.log ?? requestLog(req);
       const status = getHTTPStatusCodeFromError(error);
       // A 503 with no cause is one we chose (event streams ended by a shutdown): no failure to report.

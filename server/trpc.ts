@@ -98,7 +98,6 @@ const measured = t.middleware(async function measured({ ctx, path, next }) {
   metrics.requests.inc({ procedure: path, code: error.code });
   metrics.countedErrors.add(error);
   if (error.cause instanceof AccessTokenError) metrics.tokenRefusals.inc({ reason: error.cause.reason });
-  else if (error.cause instanceof WriteRateLimitedError) metrics.rateLimited.inc({ procedure: path });
   else if (error.code === 'SERVICE_UNAVAILABLE' && isDatabaseUnavailable(error.cause)) metrics.databaseUnavailable.inc();
   return result;
 });
@@ -143,23 +142,28 @@ const requireSignIn = t.middleware(function requireSignIn({ ctx, next }) {
  * caller's heavy calls in progress, then the member cache gives their rows or provisions them in a
  * transaction of its own, and a deactivated membership is refused. The
  * procedure gets the rows as plain data. The deadline is in the same middleware, so the calls
- * every page load makes pay for one level of tRPC's per-middleware context copying, not two.
+ * every page load makes pay for one more level of tRPC's per-middleware context copying than
+ * `measured`'s, not two.
  */
-const provisionCaller = t.middleware(function provisionCaller({ ctx, meta, next }) {
+const provisionCaller = t.middleware(function provisionCaller({ ctx, meta, path, next }) {
   if (ctx.auth.status !== 'verified') throw ctx.auth.error;
   const { identity } = ctx.auth;
   const { auth } = ctx;
   const person = personKey(identity);
   // Both limits are counted before any database work, so a flood of one person's calls
-  // provisions nothing either. A write over the rate limit takes no place among heavy calls.
-  const waitSeconds = meta?.write ? ctx.writes.take(person) : 0;
-  if (waitSeconds > 0) {
-    const cause = new WriteRateLimitedError(waitSeconds);
-    throw new TRPCError({ code: 'TOO_MANY_REQUESTS', message: cause.message, cause });
-  }
+  // provisions nothing either. A write refused for its heavy place takes nothing from the
+  // person's writes a minute, and one over that limit gives its place back.
   const leave = meta?.heavy ? ctx.heavyCalls.enter(person) : noop;
   if (!leave) {
+    ctx.metrics.limited.inc({ procedure: path, limit: 'calls_in_progress' });
     throw new TRPCError({ code: 'TOO_MANY_REQUESTS', message: 'You have too many requests in progress; try again shortly' });
+  }
+  const waitSeconds = meta?.write ? ctx.writes.take(person) : 0;
+  if (waitSeconds > 0) {
+    leave();
+    ctx.metrics.limited.inc({ procedure: path, limit: 'writes_per_minute' });
+    const cause = new WriteRateLimitedError(waitSeconds);
+    throw new TRPCError({ code: 'TOO_MANY_REQUESTS', message: cause.message, cause });
   }
   const work = (async () => {
     let remembered = true;

@@ -49,9 +49,8 @@ export function createWriteLimit(perMinute: number) {
       buckets.set(person, { tokens: tokens - 1, at: now });
       return 0;
     },
-    /** People with a bucket that is not full. */
+    /** People with a bucket kept: not full, or full since the last purge. */
     get people() {
-      buckets?.purgeStale();
       return buckets?.size ?? 0;
     },
   };

@@ -66,7 +66,7 @@ describe('Prometheus metrics on METRICS_PORT', () => {
 
   it('serves the families an operator needs after the calls that produce them, with no id in any label; the API port serves none', async () => {
     expect(server.metricsUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/metrics$/);
-    expect(server.metricsUrl).not.toContain(new URL(server.url).port);
+    expect(new URL(server.metricsUrl as string).port).not.toBe(new URL(server.url).port);
     const onApiPort = await fetch(`${server.url}/metrics`);
     expect(onApiPort.status).toBe(404);
 
@@ -115,6 +115,8 @@ describe('Prometheus metrics on METRICS_PORT', () => {
       ['chat_reply_tokens_total', { model: 'test-model', kind: 'input' }, 10],
       ['chat_reply_tokens_total', { model: 'test-model', kind: 'output' }, 4],
       ['chat_frontegg_webhooks_total', { outcome: 'applied' }, 1],
+      // Ada wrote once: her bucket is not full.
+      ['chat_write_limit_people', {}, 1],
     ];
     for (const [name, labels, value] of expected) expect([name, labels, sample(text, name, labels)]).toEqual([name, labels, value]);
 
@@ -138,6 +140,22 @@ describe('Prometheus metrics on METRICS_PORT', () => {
 
     watch.close();
     await vi.waitFor(async () => expect(sample(await scrape(), 'chat_subscriptions_open')).toBe(0));
+  });
+
+  it('counts a stream the server ends after it opened by its code, not as a call refused before any procedure', async () => {
+    const expiring = await idp.mintToken({ claims: { sub: randomUUID(), tenantId: randomUUID(), exp: Math.floor(Date.now() / 1000) + 2 } });
+    const watch = watchEvents(createApiClient({ url: `${server.url}/trpc`, getToken: () => expiring }));
+    await watch.connected();
+    const before = await scrape();
+    // Ended at its exp; the client may reconnect with it within the 5 s of clock skew allowed, to be ended again.
+    await vi.waitFor(async () => expect(sample(await scrape(), 'chat_subscriptions_ended_total', { code: 'UNAUTHORIZED' })).toBeGreaterThanOrEqual(1), {
+      timeout: 5_000,
+      interval: 100,
+    });
+    watch.close();
+    expect(sample(await scrape(), 'chat_requests_total', { procedure: '(none)', code: 'UNAUTHORIZED' })).toBe(
+      sample(before, 'chat_requests_total', { procedure: '(none)', code: 'UNAUTHORIZED' }),
+    );
   });
 
   it('answers only GET /metrics', async () => {
@@ -174,6 +192,14 @@ describe('the pool readings', () => {
       await Promise.all([first, second]);
       expect(database.pool()).toEqual({ size: 1, inUse: 0, waiting: 0 });
       await database.db.execute(sql.raw(`drop table ${table}`));
+      if (databaseUrl) {
+        // Statements outside a transaction: postgres.js sends them behind one another on a busy
+        // connection rather than queueing them. Waiting all the same.
+        const sleeps = Array.from({ length: 4 }, () => Promise.resolve(database.db.execute(sql`select pg_sleep(0.5)`)));
+        await vi.waitFor(() => expect(database.pool()).toEqual({ size: 1, inUse: 1, waiting: 3 }));
+        await Promise.all(sleeps);
+        expect(database.pool()).toEqual({ size: 1, inUse: 0, waiting: 0 });
+      }
     } finally {
       release();
       await database.close();

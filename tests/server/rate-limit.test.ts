@@ -53,6 +53,11 @@ describe('RATE_LIMIT_WRITES_PER_MINUTE', () => {
     expect(await storedMessages(session.id)).toBe(20);
     expect((await client.chat.getSession.query({ sessionId: session.id })).title).not.toBe('Renamed over the limit');
 
+    // After the wait it was told, and no later, the person writes again.
+    await new Promise((resolve) => setTimeout(resolve, (refused.data?.retryAfterSeconds ?? 0) * 1000));
+    await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'after the wait' });
+    expect(await storedMessages(session.id)).toBe(21);
+
     // A colleague in the same organization writes at full speed; the person's reads go on.
     const grace = http.clientFor(await limited.idp.mintToken({ claims: { sub: randomUUID(), tenantId: ada.tenantId } }));
     const graceSession = await grace.chat.getActiveSession.query();
@@ -62,14 +67,29 @@ describe('RATE_LIMIT_WRITES_PER_MINUTE', () => {
       await client.chat.listSessions.query();
     }
 
-    // After the wait it was told, the person writes again.
-    await new Promise((resolve) => setTimeout(resolve, (refused.data?.retryAfterSeconds ?? 0) * 1000 + 50));
-    await client.chat.sendMessage.mutate({ sessionId: session.id, content: 'after the wait' });
-    expect(await storedMessages(session.id)).toBe(21);
+    const counted = (await limited.deps.metrics.limited.get()).values.filter((value) => value.labels.limit === 'writes_per_minute');
+    expect(counted.map(({ labels, value }) => [labels.procedure, value]).sort()).toEqual([
+      ['chat.renameSession', 1],
+      ['chat.sendMessage', 1],
+    ]);
+  });
 
-    const counted = await limited.deps.metrics.rateLimited.get();
-    expect(counted.values.find((value) => value.labels.procedure === 'chat.sendMessage')?.value).toBe(1);
-    expect(counted.values.find((value) => value.labels.procedure === 'chat.renameSession')?.value).toBe(1);
+  it('takes nothing from the writes a minute of a write refused for having too many calls in progress', async () => {
+    const caller = await limited.as(person());
+    const session = await caller.chat.getActiveSession();
+    // 15 at once: HEAVY_CALLS_PER_PERSON (10) lets 10 through and refuses 5.
+    const first = await Promise.allSettled(
+      Array.from({ length: 15 }, (_, index) => caller.chat.renameSession({ sessionId: session.id, title: `Title ${index}` })),
+    );
+    expect(first.filter((result) => result.status === 'fulfilled')).toHaveLength(10);
+    expect(first.filter((result) => result.status === 'rejected')).toEqual(
+      Array(5).fill({ status: 'rejected', reason: expect.objectContaining({ message: 'You have too many requests in progress; try again shortly' }) }),
+    );
+    // The bucket of 20 still holds 10, one at a time.
+    for (let i = 0; i < 10; i += 1) await caller.chat.renameSession({ sessionId: session.id, title: `Later ${i}` });
+    await expect(caller.chat.renameSession({ sessionId: session.id, title: 'One too many' })).rejects.toMatchObject({
+      cause: { retryAfterSeconds: 1 },
+    });
   });
 
   it('counts every write procedure, and a refused one changes nothing; bad input takes no write', async () => {
@@ -155,6 +175,23 @@ describe('the write limiter', () => {
     // One write a minute: a bucket of one, and a minute to wait.
     const slow = createWriteLimit(1);
     expect([slow.take('ada'), slow.take('ada')]).toEqual([0, 60]);
+  });
+
+  it('says to wait exactly as long as the next write takes to come', () => {
+    vi.useFakeTimers({ toFake: ['performance'] });
+    vi.advanceTimersByTime(1_000);
+    for (const [perMinute, burst, wait] of [
+      [60, 20, 1],
+      [3, 1, 20],
+    ] as const) {
+      const writes = createWriteLimit(perMinute);
+      for (let i = 0; i < burst; i += 1) expect(writes.take('ada')).toBe(0);
+      expect(writes.take('ada')).toBe(wait);
+      vi.advanceTimersByTime(wait * 1000 - 50);
+      expect(writes.take('ada')).toBeGreaterThan(0);
+      vi.advanceTimersByTime(50);
+      expect(writes.take('ada')).toBe(0);
+    }
   });
 
   it('forgets people once their bucket would be full again, and never holds more than its cap', () => {

@@ -4,6 +4,7 @@ import { chownSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { freePort } from './ports.js';
 import { onLoopbackPort } from './tcp-proxy.js';
 
 /** Where `apt-get install pgbouncer` puts it, else whatever `pgbouncer` is on the PATH. */
@@ -20,15 +21,6 @@ export function findPgBouncer(): string | undefined {
   } catch {
     return undefined;
   }
-}
-
-async function freePort(): Promise<number> {
-  const server = net.createServer().listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as net.AddressInfo;
-  server.close();
-  await once(server, 'close');
-  return port;
 }
 
 async function acceptsConnections(port: number): Promise<boolean> {

@@ -19,7 +19,7 @@ import {
 import { createLanguageModel } from '../../server/language-model.js';
 import { type ReplyRunnerOptions, createReplyRunner } from '../../server/replies.js';
 import { loadConfig } from '../../server/config.js';
-import { countReply, createMetrics, watchState } from '../../server/metrics.js';
+import { createMetrics, reportingTo, watchState } from '../../server/metrics.js';
 import { createWriteLimit } from '../../server/write-limit.js';
 import { createCaller } from '../../server/root.js';
 import { openTestDatabase } from './database.js';
@@ -67,6 +67,8 @@ export async function startTestApp(
   // The production defaults (MEMBER_CACHE_MAX_ENTRIES, MEMBER_CACHE_TTL_SECONDS) unless given.
   const members = options.members ?? createMemberCache();
   const metrics = createMetrics();
+  const reporting = reportingTo(metrics);
+  const writes = createWriteLimit(options.writesPerMinute ?? 0);
   const chatEvents = createChatEventHub({
     db: database.db,
     listen: database.listen,
@@ -78,7 +80,7 @@ export async function startTestApp(
     onMembershipChanged: (change) => members.forget(change),
   });
   await chatEvents.start();
-  watchState(metrics, { pool: database.pool, chatEvents: chatEvents.stats });
+  watchState(metrics, { pool: database.pool, chatEvents: chatEvents.stats, writeLimitPeople: () => writes.people });
   const replies = options.assistant ? startReplyRunner(options.assistant) : undefined;
   await replies?.start();
   function startReplyRunner({ baseUrl, ...settings }: Exclude<typeof options.assistant, false | undefined>) {
@@ -92,7 +94,7 @@ export async function startTestApp(
       log,
       model: createLanguageModel(baseUrl ? { kind: 'openai-compatible', baseUrl, apiKey: 'test-key', model: modelName } : { kind: 'demo' }),
       modelName,
-      onEnded: (outcome, usage) => countReply(metrics, modelName, outcome, usage),
+      onEnded: reporting.onReplyEnded(modelName),
       ...settings,
     });
   }
@@ -107,16 +109,16 @@ export async function startTestApp(
         maxAgeMs: 600_000,
         cooldownMs: 30_000,
         log,
-        onFetched: (outcome) => metrics.keySetFetches.inc({ outcome }),
+        onFetched: reporting.onKeySetFetched,
       }),
       issuer: idp.issuer,
       audience: [idp.audience],
-      onAccepted: (method) => metrics.tokenVerifications.inc({ method }),
+      onAccepted: reporting.onTokenAccepted,
     }),
     cursors: await createSharedCursorCodec(database.db),
     members,
     heavyCalls: createInFlightLimit(options.heavyCallsPerPerson ?? DEFAULT_HEAVY_CALLS_PER_PERSON),
-    writes: createWriteLimit(options.writesPerMinute ?? 0),
+    writes,
     metrics,
     chatEvents,
     replies,

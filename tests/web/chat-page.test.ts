@@ -1,6 +1,5 @@
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
-import { createServer as createNetServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { type Browser, type BrowserContext, type Page, chromium } from 'playwright-core';
@@ -12,19 +11,12 @@ import { loadOrCreateLocalSigningKey, mintLocalToken } from '../../server/auth/l
 import { type RunningServer, startServer } from '../../server/app.js';
 import { type Config, loadConfig } from '../../server/config.js';
 import { WEBHOOK_SECRET, deliverWebhook } from '../support/frontegg-webhooks.js';
+import { freePort } from '../support/ports.js';
 
 /** Debian's Chromium, or the one CHROMIUM_PATH names. */
 const chromiumPath = [process.env.CHROMIUM_PATH, '/usr/bin/chromium', '/usr/bin/chromium-browser'].find((candidate) => candidate && existsSync(candidate));
 if (!chromiumPath && process.env.REQUIRE_CHROMIUM) throw new Error('REQUIRE_CHROMIUM is set and no Chromium was found (apt-get install chromium)');
 const SCREENSHOTS = path.resolve('test-results/web');
-
-async function freePort(): Promise<number> {
-  const server = createNetServer().listen(0, '127.0.0.1');
-  await new Promise((resolve) => server.once('listening', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 describe.skipIf(!chromiumPath)('the chat page in Chromium, calling the API across origins', () => {
   let work: string;

@@ -57,7 +57,7 @@ export function createMetrics() {
     ),
     memberCacheLookups: counter(
       'chat_member_cache_lookups_total',
-      'Signed-in calls that provisioned their member rows (miss), or needed no provisioning of their own: remembered, or one already under way (hit)',
+      'Signed-in calls that reached provisioning and provisioned their member rows (miss), or needed no provisioning of their own: remembered, or one already under way (hit)',
       ['result'],
     ),
     databaseUnavailable: counter(

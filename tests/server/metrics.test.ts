@@ -105,6 +105,7 @@ describe('Prometheus metrics on METRICS_PORT', () => {
       ['chat_provisioned_total', { kind: 'user', source: 'sign-in' }, 1],
       ['chat_provisioned_total', { kind: 'membership', source: 'sign-in' }, 1],
       ['chat_provisioned_total', { kind: 'organization', source: 'webhook' }, 1],
+      ['chat_provisioned_total', { kind: 'user', source: 'webhook' }, 1],
       ['chat_provisioned_total', { kind: 'membership', source: 'webhook' }, 1],
       ['chat_member_cache_lookups_total', { result: 'miss' }, 1],
       ['chat_database_unavailable_total', {}, 0],

@@ -10,6 +10,7 @@ import { loadConfig } from '../server/config.js';
 import { type Counters, type ServerMessage, newCounters } from './protocol.js';
 import { startFloorServer } from './floor.js';
 import { startSeedServer } from './seed.js';
+import { sample } from '../tests/support/prometheus.js';
 
 const kind = process.argv[2];
 const config = loadConfig();
@@ -28,8 +29,7 @@ const metricsUrl = ours?.metricsUrl;
 
 /** The RS256 checks ours has reported on its metrics port so far. */
 async function signatureChecksReported(url: string) {
-  const text = await (await fetch(url)).text();
-  return Number(/^chat_token_verifications_total\{method="signature"\} (\S+)$/m.exec(text)?.[1] ?? Number.NaN);
+  return sample(await (await fetch(url)).text(), 'chat_token_verifications_total', { method: 'signature' }) ?? Number.NaN;
 }
 let reportedAtReset = metricsUrl ? await signatureChecksReported(metricsUrl) : 0;
 

@@ -14,19 +14,9 @@ import { watchEvents } from '../support/events.js';
 import { WEBHOOK_SECRET, deliverWebhook, fronteggUser, webhookBody } from '../support/frontegg-webhooks.js';
 import { type TestIdentityProvider, startIdentityProvider } from '../support/identity-provider.js';
 import { startLanguageModelServer } from '../support/language-model-server.js';
+import { sample } from '../support/prometheus.js';
 
 const databaseUrl = inject('databaseUrl');
-
-/** The value of the sample of `name` whose labels include `labels`, from Prometheus' text format. */
-function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
-  for (const line of text.split('\n')) {
-    const match = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!match || match[1] !== name) continue;
-    const found = Object.fromEntries([...(match[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map(([, key, value]) => [key, value]));
-    if (Object.entries(labels).every(([key, value]) => found[key] === value)) return Number(match[3]);
-  }
-  return undefined;
-}
 
 describe('Prometheus metrics on METRICS_PORT', () => {
   let work: string;

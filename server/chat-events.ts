@@ -167,7 +167,6 @@ export function createChatEventHub(options: ChatEventHubOptions) {
         db,
         log,
         memory,
-        sent,
         membershipCheckMs: options.membershipCheckMs,
         onEmpty: (emptied) => {
           const remaining = (streams.get(key) ?? []).filter((other) => other !== emptied);
@@ -225,7 +224,7 @@ export function createChatEventHub(options: ChatEventHubOptions) {
         leavePerson();
       };
       const stream = streamFor(owner);
-      const subscriber = new Subscriber(stream, expiresAt, signal, leave);
+      const subscriber = new Subscriber(stream, expiresAt, signal, leave, sent);
       try {
         await stream.ready;
         const start = await stream.startingPoint(lastEventId);
@@ -280,7 +279,6 @@ interface StreamDeps {
   db: Database;
   log: Logger;
   memory: RecentMemory;
-  sent: SentCount;
   membershipCheckMs: number;
   onEmpty: (stream: MemberStream) => void;
 }
@@ -485,11 +483,6 @@ class MemberStream {
     this.recentBytes = 0;
   }
 
-  /** Counts an event handed to a subscriber. */
-  countSent() {
-    this.deps.sent.events += 1;
-  }
-
   /** Ends the member's streams here (FORBIDDEN) unless the membership is still active. */
   async checkMembership() {
     if (this.stopped) return;
@@ -528,6 +521,8 @@ class Subscriber {
     private readonly expiresAt: Date,
     private readonly signal: AbortSignal | undefined,
     private readonly leave: () => void,
+    /** The hub's count of events handed to subscribers. */
+    private readonly sentCount: SentCount,
   ) {
     stream.add(this);
     signal?.addEventListener('abort', this.onAbort, { once: true });
@@ -571,7 +566,7 @@ class Subscriber {
   }
 
   private sent<T>(envelope: T): T {
-    this.stream.countSent();
+    this.sentCount.events += 1;
     return envelope;
   }
 

@@ -31,8 +31,8 @@ interface Provisioning {
  * name, picture, verified flag) finds no entry and provisions again at once, so a demotion is never
  * answered from here; a new token with the same claims (a refresh) does not, whatever its `iat`.
  * What Frontegg's webhooks change is forgotten on every instance at once (`forget`); what changes
- * in the database without either (a membership
- * deactivated by an operator) is seen once the entry is older than `ttlMs`.
+ * in the database without either (a membership deactivated by an operator) is seen once the entry
+ * is older than `ttlMs`.
  */
 export function createMemberCache({
   maxEntries,
